@@ -1,1 +1,31 @@
-//! placeholder
+//! The ESMTP client protocol without I/O.
+//!
+//! This crate turns server bytes into replies and events, and commands and
+//! message content into wire bytes. It opens no socket, reads no clock and
+//! spawns nothing: the `mxsend` crate drives it over tokio, and tests drive
+//! it with scripted replies.
+//!
+//! - [`reply`]: replies and enhanced status codes, framed from a byte stream
+//!   with bounded buffers.
+//! - [`extensions`]: what an EHLO reply advertises.
+//! - [`address`]: envelope addresses, validated before they reach the wire.
+//! - [`session`]: the client state machine from greeting to QUIT.
+//! - [`data`]: the streaming DATA encoder (line endings, dot-stuffing, the
+//!   final dot).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod address;
+pub mod data;
+pub mod extensions;
+pub mod reply;
+pub mod session;
+
+pub use address::{Address, AddressError};
+pub use extensions::Extensions;
+pub use reply::{EnhancedCode, Reply, ReplyError, ReplyLimits, ReplyParser};
+pub use session::{
+    ClientSession, Envelope, Event, Outcome, Phase, RecipientStatus, SessionConfig, SessionError,
+    Timeouts, TransactionReport,
+};

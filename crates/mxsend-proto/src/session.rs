@@ -1,0 +1,987 @@
+//! The client side of one SMTP connection as a state machine without I/O.
+//!
+//! A driver owns the socket and the clock. It passes received bytes to
+//! [`ClientSession::handle_input`], writes what [`ClientSession::poll_transmit`]
+//! returns, waits no longer than [`ClientSession::timeout`] for each reply,
+//! and reacts to the [`Event`]s from [`ClientSession::poll_event`]. The
+//! session never blocks, never reads a clock and never touches message
+//! content: after [`Event::SendData`] the driver streams the content through
+//! a [`crate::data::DataEncoder`] and then calls
+//! [`ClientSession::data_sent`].
+//!
+//! The order of a session (RFC 5321 section 3):
+//!
+//! 1. Wait for the greeting. Anything but 2yz: QUIT, and the host is
+//!    unusable (C-SES-02).
+//! 2. EHLO. A refusal other than 421 gets one HELO (C-SES-03); 421 or a
+//!    refused HELO ends the session.
+//! 3. For each transaction: MAIL, one RCPT per recipient with every reply
+//!    kept, DATA only when MAIL and at least one RCPT succeeded, otherwise
+//!    RSET (C-TX-04). With PIPELINING advertised, MAIL, the RCPTs and DATA
+//!    go out in one write and the replies are matched in order (RFC 2920).
+//! 4. QUIT (C-TX-09).
+//!
+//! A 421 reply to any command ends the session at once (C-TX-07).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::Duration;
+
+use crate::address::Address;
+use crate::extensions::Extensions;
+use crate::reply::{Reply, ReplyError, ReplyLimits, ReplyParser};
+
+/// How long to wait for each reply, by phase. The defaults are the minimums
+/// of RFC 5321 section 4.5.3.2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// The greeting after connecting. Default 5 minutes.
+    pub greeting: Duration,
+    /// The reply to EHLO or HELO. Default 5 minutes.
+    pub ehlo: Duration,
+    /// The reply to MAIL. Default 5 minutes.
+    pub mail: Duration,
+    /// The reply to each RCPT. Default 5 minutes.
+    pub rcpt: Duration,
+    /// The reply to DATA. Default 2 minutes.
+    pub data: Duration,
+    /// Each write of message content. Default 3 minutes.
+    pub data_block: Duration,
+    /// The reply after the final dot. Default 10 minutes.
+    pub data_end: Duration,
+    /// The reply to RSET. Default 5 minutes, as for MAIL.
+    pub rset: Duration,
+    /// The reply to QUIT. Default 5 minutes, as for MAIL.
+    pub quit: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        const MINUTE: Duration = Duration::from_secs(60);
+        Timeouts {
+            greeting: 5 * MINUTE,
+            ehlo: 5 * MINUTE,
+            mail: 5 * MINUTE,
+            rcpt: 5 * MINUTE,
+            data: 2 * MINUTE,
+            data_block: 3 * MINUTE,
+            data_end: 10 * MINUTE,
+            rset: 5 * MINUTE,
+            quit: 5 * MINUTE,
+        }
+    }
+}
+
+/// Settings of one session.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// The EHLO and HELO argument: a fully qualified host name or an
+    /// address literal such as `[192.0.2.1]` (C-SES-04).
+    pub helo_name: String,
+    /// Reply timeouts by phase.
+    pub timeouts: Timeouts,
+    /// Bounds on each reply.
+    pub reply_limits: ReplyLimits,
+    /// Send HELO once when EHLO is refused. Default true.
+    pub helo_fallback: bool,
+    /// Pipeline commands when the server advertises PIPELINING. Default true.
+    pub pipelining: bool,
+    /// Keep a transcript of commands and replies. Default true.
+    pub transcript: bool,
+}
+
+impl SessionConfig {
+    /// A configuration with default timeouts and limits.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::InvalidHeloName`] when the name is empty or contains
+    /// a space or a control character, which would inject text into EHLO.
+    pub fn new(helo_name: &str) -> Result<SessionConfig, SessionError> {
+        if helo_name.is_empty()
+            || helo_name
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(SessionError::InvalidHeloName {
+                name: helo_name.escape_debug().to_string(),
+            });
+        }
+        Ok(SessionConfig {
+            helo_name: helo_name.to_owned(),
+            timeouts: Timeouts::default(),
+            reply_limits: ReplyLimits::default(),
+            helo_fallback: true,
+            pipelining: true,
+            transcript: true,
+        })
+    }
+}
+
+/// The point of the session a reply or a timeout belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Waiting for the greeting.
+    Greeting,
+    /// Waiting for the EHLO reply.
+    Ehlo,
+    /// Waiting for the HELO reply.
+    Helo,
+    /// Waiting for the MAIL reply.
+    Mail,
+    /// Waiting for a RCPT reply.
+    Rcpt,
+    /// Waiting for the DATA reply.
+    Data,
+    /// Sending message content.
+    DataBlock,
+    /// Waiting for the reply after the final dot.
+    DataEnd,
+    /// Waiting for the RSET reply.
+    Rset,
+    /// Waiting for the QUIT reply.
+    Quit,
+    /// Idle between transactions.
+    Idle,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Greeting => "greeting",
+            Phase::Ehlo => "EHLO",
+            Phase::Helo => "HELO",
+            Phase::Mail => "MAIL FROM",
+            Phase::Rcpt => "RCPT TO",
+            Phase::Data => "DATA",
+            Phase::DataBlock => "message content",
+            Phase::DataEnd => "end of data",
+            Phase::Rset => "RSET",
+            Phase::Quit => "QUIT",
+            Phase::Idle => "idle",
+        })
+    }
+}
+
+/// Why a session ended early. Grouped by who is at fault: the server
+/// misbehaved (`Protocol`, `UnexpectedReply`), the server refused service
+/// (`GreetingRejected`, `HeloRejected`, `ServiceClosing`, `RsetRejected`),
+/// the transport failed (`TimedOut`, `ConnectionClosed`), or the caller
+/// misused the session (`InvalidHeloName`, `NotReady`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The server sent bytes that are not a valid reply.
+    #[error("malformed reply during {phase}")]
+    Protocol {
+        /// Where the session was.
+        phase: Phase,
+        /// What was wrong.
+        #[source]
+        error: ReplyError,
+    },
+    /// The server sent a reply when no command was waiting for one.
+    #[error("unexpected reply while {phase}: {reply}")]
+    UnexpectedReply {
+        /// Where the session was.
+        phase: Phase,
+        /// The reply nobody asked for.
+        reply: Reply,
+    },
+    /// The greeting was not 2yz.
+    #[error("server refused service in its greeting: {0}")]
+    GreetingRejected(Reply),
+    /// EHLO was refused and HELO too, or HELO fallback is off.
+    #[error("server refused EHLO and HELO: {0}")]
+    HeloRejected(Reply),
+    /// The server answered 421 and is closing the connection.
+    #[error("server is closing the connection during {phase}: {reply}")]
+    ServiceClosing {
+        /// Where the session was.
+        phase: Phase,
+        /// The 421 reply.
+        reply: Reply,
+    },
+    /// RSET failed, so the connection cannot be trusted for another
+    /// transaction (C-TX-08).
+    #[error("server refused RSET: {0}")]
+    RsetRejected(Reply),
+    /// No complete reply within the phase's timeout.
+    #[error("timed out after {timeout:?} waiting for the {phase} reply")]
+    TimedOut {
+        /// Where the session was.
+        phase: Phase,
+        /// The timeout that expired.
+        timeout: Duration,
+    },
+    /// The server closed the connection.
+    #[error("connection closed by the server during {phase}")]
+    ConnectionClosed {
+        /// Where the session was.
+        phase: Phase,
+    },
+    /// The EHLO name would not be a single safe word on the wire.
+    #[error("invalid EHLO name {name:?}: it must be a host name or an address literal")]
+    InvalidHeloName {
+        /// The name, with control characters escaped.
+        name: String,
+    },
+    /// A transaction was started while the session was not ready for one.
+    #[error("session is not ready for a new transaction (phase {phase})")]
+    NotReady {
+        /// Where the session was.
+        phase: Phase,
+    },
+}
+
+/// What became of one recipient in one transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The server took responsibility for the message.
+    Delivered,
+    /// Not delivered now; trying again later may succeed.
+    Deferred,
+    /// Refused for good.
+    Failed,
+    /// The final dot was sent but its reply never came: the message may or
+    /// may not have been delivered (RFC 5321 section 6.1).
+    Uncertain,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Deferred => "deferred",
+            Outcome::Failed => "failed",
+            Outcome::Uncertain => "uncertain",
+        })
+    }
+}
+
+impl Outcome {
+    /// The outcome a reply decides on its own: 2yz delivered, 4yz deferred,
+    /// anything else failed.
+    pub fn of_reply(reply: &Reply) -> Outcome {
+        if reply.is_positive() {
+            Outcome::Delivered
+        } else if reply.is_transient() {
+            Outcome::Deferred
+        } else {
+            Outcome::Failed
+        }
+    }
+}
+
+/// One recipient's result in a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientStatus {
+    /// The recipient.
+    pub address: Address,
+    /// What became of it.
+    pub outcome: Outcome,
+    /// The server's reply to its RCPT, when one arrived.
+    pub rcpt_reply: Option<Reply>,
+    /// The reply that decided the outcome, when the server sent one. `None`
+    /// when the session failed first; the session's error says why.
+    pub reply: Option<Reply>,
+}
+
+/// The sender, recipients and content facts of one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The reverse path; `None` sends the null path `<>`, as bounces do.
+    pub sender: Option<Address>,
+    /// The forward paths, one RCPT each.
+    pub recipients: Vec<Address>,
+    /// The content size on the wire, for `SIZE=` (RFC 1870).
+    pub size: Option<u64>,
+    /// Whether the content has octets of 0x80 or above.
+    pub eight_bit: bool,
+}
+
+/// The result of one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionReport {
+    /// The reply to MAIL, when one arrived.
+    pub mail_reply: Option<Reply>,
+    /// The reply to DATA, when one arrived.
+    pub data_reply: Option<Reply>,
+    /// The reply after the final dot, when one arrived.
+    pub final_reply: Option<Reply>,
+    /// Each recipient in envelope order.
+    pub recipients: Vec<RecipientStatus>,
+    /// True when the session failed before the transaction finished, so the
+    /// deferred recipients may be tried on another host at once.
+    pub interrupted: bool,
+}
+
+impl TransactionReport {
+    /// How many recipients the server accepted with a 2yz RCPT reply, the
+    /// number Twisted's `sentMail` calls `numOk`.
+    pub fn accepted(&self) -> usize {
+        self.recipients
+            .iter()
+            .filter(|r| r.rcpt_reply.as_ref().is_some_and(Reply::is_positive))
+            .count()
+    }
+}
+
+/// What the driver must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// EHLO (or HELO) succeeded, or the last transaction finished: call
+    /// [`ClientSession::start_transaction`] or [`ClientSession::quit`].
+    Ready,
+    /// DATA got 354: stream the content, dot-stuffed and ending with the
+    /// final dot, then call [`ClientSession::data_sent`].
+    SendData,
+    /// A transaction finished, successfully or not.
+    TransactionComplete(TransactionReport),
+    /// The session is over; drop the connection. `Ok` after a clean QUIT.
+    Closed(Result<(), SessionError>),
+}
+
+/// Who wrote a transcript line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// A command from us.
+    Client,
+    /// A reply line from the server.
+    Server,
+}
+
+/// One line of the conversation, without its line ending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranscriptLine {
+    /// Who wrote it.
+    pub direction: Direction,
+    /// The line. Message content is summarised, never copied.
+    pub text: String,
+}
+
+impl fmt::Display for TranscriptLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let arrow = match self.direction {
+            Direction::Client => "->",
+            Direction::Server => "<-",
+        };
+        write!(f, "{arrow} {}", self.text)
+    }
+}
+
+/// A command waiting for its reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Ehlo,
+    Helo,
+    Mail,
+    Rcpt(usize),
+    Data,
+    /// The final dot; `discard` when it ends an empty data phase that a
+    /// pipelining server opened although every RCPT failed.
+    DataEnd {
+        discard: bool,
+    },
+    Rset,
+    Quit,
+}
+
+impl Pending {
+    fn phase(self) -> Phase {
+        match self {
+            Pending::Ehlo => Phase::Ehlo,
+            Pending::Helo => Phase::Helo,
+            Pending::Mail => Phase::Mail,
+            Pending::Rcpt(_) => Phase::Rcpt,
+            Pending::Data => Phase::Data,
+            Pending::DataEnd { .. } => Phase::DataEnd,
+            Pending::Rset => Phase::Rset,
+            Pending::Quit => Phase::Quit,
+        }
+    }
+}
+
+/// Where the session stands, named for what it waits for.
+#[derive(Debug)]
+enum State {
+    ExpectGreeting,
+    /// Replies are due for the commands in `pending`.
+    ExpectReplies,
+    /// The driver is streaming content.
+    SendingData,
+    /// Between transactions.
+    Ready,
+    /// QUIT sent after a refusal; the error is reported once QUIT's reply
+    /// or the end of the connection arrives.
+    Quitting(Option<SessionError>),
+    Closed,
+}
+
+/// The open transaction.
+#[derive(Debug)]
+struct Transaction {
+    envelope: Envelope,
+    mail_reply: Option<Reply>,
+    rcpt_replies: Vec<Option<Reply>>,
+    data_reply: Option<Reply>,
+    final_reply: Option<Reply>,
+    pipelined: bool,
+    data_sent: bool,
+}
+
+impl Transaction {
+    fn mail_ok(&self) -> bool {
+        self.mail_reply.as_ref().is_some_and(Reply::is_positive)
+    }
+
+    fn any_accepted(&self) -> bool {
+        self.rcpt_replies
+            .iter()
+            .any(|r| r.as_ref().is_some_and(Reply::is_positive))
+    }
+
+    /// Decides each recipient's outcome from the replies received so far.
+    fn report(self, interrupted: bool) -> TransactionReport {
+        let Transaction {
+            envelope,
+            mail_reply,
+            rcpt_replies,
+            data_reply,
+            final_reply,
+            data_sent,
+            ..
+        } = self;
+        let recipients = envelope
+            .recipients
+            .into_iter()
+            .zip(rcpt_replies)
+            .map(|(address, rcpt_reply)| {
+                let (outcome, reply) = decide(
+                    mail_reply.as_ref(),
+                    rcpt_reply.as_ref(),
+                    data_reply.as_ref(),
+                    final_reply.as_ref(),
+                    data_sent,
+                );
+                RecipientStatus {
+                    address,
+                    outcome,
+                    rcpt_reply,
+                    reply,
+                }
+            })
+            .collect();
+        TransactionReport {
+            mail_reply,
+            data_reply,
+            final_reply,
+            recipients,
+            interrupted,
+        }
+    }
+}
+
+/// One recipient's outcome, walking the replies in the order they decide
+/// it (RFC 5321 section 3.3 and C-TX-03 to C-TX-06). When a reply is missing
+/// the session failed there: after the final dot was sent that is the
+/// uncertain window of RFC 5321 section 6.1, before it the recipient is
+/// deferred.
+fn decide(
+    mail: Option<&Reply>,
+    rcpt: Option<&Reply>,
+    data: Option<&Reply>,
+    end: Option<&Reply>,
+    data_sent: bool,
+) -> (Outcome, Option<Reply>) {
+    for reply in [mail, rcpt] {
+        match reply {
+            Some(reply) if reply.is_positive() => {}
+            Some(reply) => return (Outcome::of_reply(reply), Some(reply.clone())),
+            None => return (Outcome::Deferred, None),
+        }
+    }
+    match data {
+        Some(reply) if reply.is_intermediate() => {}
+        Some(reply) => return (Outcome::of_reply(reply), Some(reply.clone())),
+        None => return (Outcome::Deferred, None),
+    }
+    match end {
+        Some(reply) => (Outcome::of_reply(reply), Some(reply.clone())),
+        None if data_sent => (Outcome::Uncertain, None),
+        None => (Outcome::Deferred, None),
+    }
+}
+
+/// The client state machine of one connection.
+#[derive(Debug)]
+pub struct ClientSession {
+    config: SessionConfig,
+    parser: ReplyParser,
+    state: State,
+    pending: VecDeque<Pending>,
+    transmit: Vec<u8>,
+    events: VecDeque<Event>,
+    extensions: Option<Extensions>,
+    transaction: Option<Transaction>,
+    transcript: Vec<TranscriptLine>,
+}
+
+impl ClientSession {
+    /// Starts a session that waits for the server's greeting.
+    pub fn new(config: SessionConfig) -> ClientSession {
+        ClientSession {
+            parser: ReplyParser::new(config.reply_limits),
+            config,
+            state: State::ExpectGreeting,
+            pending: VecDeque::new(),
+            transmit: Vec::new(),
+            events: VecDeque::new(),
+            extensions: None,
+            transaction: None,
+            transcript: Vec::new(),
+        }
+    }
+
+    /// The extensions of the last successful EHLO; empty after HELO.
+    pub fn extensions(&self) -> Option<&Extensions> {
+        self.extensions.as_ref()
+    }
+
+    /// The transcript so far.
+    pub fn transcript(&self) -> &[TranscriptLine] {
+        &self.transcript
+    }
+
+    /// Takes the transcript so far, leaving it empty.
+    pub fn take_transcript(&mut self) -> Vec<TranscriptLine> {
+        std::mem::take(&mut self.transcript)
+    }
+
+    /// Whether the session waits for a new transaction or QUIT.
+    pub fn is_ready(&self) -> bool {
+        matches!(self.state, State::Ready)
+    }
+
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// The phase the session is in.
+    pub fn phase(&self) -> Phase {
+        match &self.state {
+            State::ExpectGreeting => Phase::Greeting,
+            State::SendingData => Phase::DataBlock,
+            State::Quitting(_) => Phase::Quit,
+            State::Ready | State::Closed => Phase::Idle,
+            State::ExpectReplies => self.pending.front().map_or(Phase::Idle, |p| p.phase()),
+        }
+    }
+
+    /// The phase and the time allowed for the reply the session waits for,
+    /// or `None` when it waits for nothing. The driver should bound the
+    /// whole reply by it, not each read, so a server that trickles bytes
+    /// still times out.
+    pub fn timeout(&self) -> Option<(Phase, Duration)> {
+        let t = &self.config.timeouts;
+        let phase = self.phase();
+        let timeout = match phase {
+            Phase::Greeting => t.greeting,
+            Phase::Ehlo | Phase::Helo => t.ehlo,
+            Phase::Mail => t.mail,
+            Phase::Rcpt => t.rcpt,
+            Phase::Data => t.data,
+            Phase::DataBlock => t.data_block,
+            Phase::DataEnd => t.data_end,
+            Phase::Rset => t.rset,
+            Phase::Quit => t.quit,
+            Phase::Idle => return None,
+        };
+        Some((phase, timeout))
+    }
+
+    /// Takes the bytes to write to the server, if any.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        if self.transmit.is_empty() {
+            None
+        } else {
+            Some(std::mem::take(&mut self.transmit))
+        }
+    }
+
+    /// Takes the next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Octets received and not yet part of a handled reply.
+    pub fn buffered_len(&self) -> usize {
+        self.parser.buffered_len()
+    }
+
+    /// Handles bytes received from the server.
+    pub fn handle_input(&mut self, bytes: &[u8]) {
+        if self.is_closed() {
+            return;
+        }
+        self.parser.push(bytes);
+        loop {
+            match self.parser.next_reply() {
+                Ok(Some(reply)) => {
+                    self.record_reply(&reply);
+                    self.handle_reply(reply);
+                    if self.is_closed() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(error) => {
+                    let phase = self.phase();
+                    self.fail(SessionError::Protocol { phase, error });
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handles the end of the connection.
+    pub fn handle_eof(&mut self) {
+        match std::mem::replace(&mut self.state, State::ExpectReplies) {
+            State::Closed => self.state = State::Closed,
+            State::Quitting(error) => self.close(error.map_or(Ok(()), Err)),
+            _ if self.pending.front() == Some(&Pending::Quit) => self.close(Ok(())),
+            state => {
+                self.state = state;
+                let phase = self.phase();
+                self.fail(SessionError::ConnectionClosed { phase });
+            }
+        }
+    }
+
+    /// Handles the expiry of the timeout from [`ClientSession::timeout`].
+    pub fn handle_timeout(&mut self) {
+        let Some((phase, timeout)) = self.timeout() else {
+            return;
+        };
+        if let State::Quitting(error) = std::mem::replace(&mut self.state, State::ExpectReplies) {
+            self.close(error.map_or(Ok(()), Err));
+            return;
+        }
+        if phase == Phase::Quit {
+            self.close(Ok(()));
+            return;
+        }
+        self.fail(SessionError::TimedOut { phase, timeout });
+    }
+
+    /// Starts a transaction. Only valid after [`Event::Ready`].
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::NotReady`] when the session is elsewhere.
+    pub fn start_transaction(&mut self, envelope: Envelope) -> Result<(), SessionError> {
+        if !matches!(self.state, State::Ready) {
+            return Err(SessionError::NotReady {
+                phase: self.phase(),
+            });
+        }
+        let pipelined =
+            self.config.pipelining && self.extensions.as_ref().is_some_and(|e| e.pipelining);
+        let mail = self.mail_command(&envelope);
+        let count = envelope.recipients.len();
+        self.transaction = Some(Transaction {
+            envelope,
+            mail_reply: None,
+            rcpt_replies: vec![None; count],
+            data_reply: None,
+            final_reply: None,
+            pipelined,
+            data_sent: false,
+        });
+        self.state = State::ExpectReplies;
+        self.send_command(&mail, Pending::Mail);
+        if pipelined {
+            for index in 0..count {
+                self.send_rcpt(index);
+            }
+            if count > 0 {
+                self.send_command("DATA", Pending::Data);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that the driver wrote the whole content and the final dot.
+    pub fn data_sent(&mut self) {
+        if !matches!(self.state, State::SendingData) {
+            return;
+        }
+        if let Some(transaction) = &mut self.transaction {
+            transaction.data_sent = true;
+        }
+        self.record(Direction::Client, "<message content>\r\n.".to_owned());
+        self.pending.push_back(Pending::DataEnd { discard: false });
+        self.state = State::ExpectReplies;
+    }
+
+    /// Ends the session with QUIT. Valid between transactions; elsewhere it
+    /// closes the session at once.
+    pub fn quit(&mut self) {
+        match self.state {
+            State::Ready => {
+                self.state = State::ExpectReplies;
+                self.send_command("QUIT", Pending::Quit);
+            }
+            State::Closed | State::Quitting(_) => {}
+            _ => self.close(Ok(())),
+        }
+    }
+
+    fn mail_command(&self, envelope: &Envelope) -> String {
+        let sender = envelope.sender.as_ref().map_or("", Address::as_str);
+        let mut command = format!("MAIL FROM:<{sender}>");
+        if let Some(extensions) = &self.extensions {
+            if let (Some(_), Some(size)) = (extensions.size, envelope.size) {
+                command.push_str(&format!(" SIZE={size}"));
+            }
+            // NOTE: 8-bit content goes out as is to a server without
+            // 8BITMIME; most accept it, and no conversion exists yet.
+            if envelope.eight_bit && extensions.eight_bit_mime {
+                command.push_str(" BODY=8BITMIME");
+            }
+            let needs_utf8 = envelope.sender.iter().any(|a| !a.is_ascii())
+                || envelope.recipients.iter().any(|a| !a.is_ascii());
+            if needs_utf8 && extensions.smtputf8 {
+                command.push_str(" SMTPUTF8");
+            }
+        }
+        command
+    }
+
+    fn send_rcpt(&mut self, index: usize) {
+        let Some(transaction) = &self.transaction else {
+            return;
+        };
+        let command = format!("RCPT TO:<{}>", transaction.envelope.recipients[index]);
+        self.send_command(&command, Pending::Rcpt(index));
+    }
+
+    fn send_command(&mut self, command: &str, pending: Pending) {
+        self.transmit.extend_from_slice(command.as_bytes());
+        self.transmit.extend_from_slice(b"\r\n");
+        self.record(Direction::Client, command.to_owned());
+        self.pending.push_back(pending);
+    }
+
+    fn record(&mut self, direction: Direction, text: String) {
+        if self.config.transcript {
+            self.transcript.push(TranscriptLine { direction, text });
+        }
+    }
+
+    fn record_reply(&mut self, reply: &Reply) {
+        if self.config.transcript {
+            for line in reply.raw_lines() {
+                self.transcript.push(TranscriptLine {
+                    direction: Direction::Server,
+                    text: line.clone(),
+                });
+            }
+        }
+    }
+
+    fn handle_reply(&mut self, reply: Reply) {
+        match &self.state {
+            State::ExpectGreeting => return self.handle_greeting(reply),
+            State::Quitting(_) => {
+                if let State::Quitting(error) = std::mem::replace(&mut self.state, State::Closed) {
+                    self.close(error.map_or(Ok(()), Err));
+                }
+                return;
+            }
+            _ => {}
+        }
+        let Some(pending) = self.pending.pop_front() else {
+            let phase = self.phase();
+            return self.fail(SessionError::UnexpectedReply { phase, reply });
+        };
+        if reply.code() == 421 && pending != Pending::Quit {
+            let phase = pending.phase();
+            return self.fail(SessionError::ServiceClosing { phase, reply });
+        }
+        match pending {
+            Pending::Ehlo => self.handle_ehlo(reply),
+            Pending::Helo => self.handle_helo(reply),
+            Pending::Mail => self.handle_mail(reply),
+            Pending::Rcpt(index) => self.handle_rcpt(index, reply),
+            Pending::Data => self.handle_data(reply),
+            Pending::DataEnd { discard } => self.handle_data_end(reply, discard),
+            Pending::Rset => self.handle_rset(reply),
+            Pending::Quit => self.close(Ok(())),
+        }
+    }
+
+    fn handle_greeting(&mut self, reply: Reply) {
+        if reply.code() == 421 {
+            return self.fail(SessionError::ServiceClosing {
+                phase: Phase::Greeting,
+                reply,
+            });
+        }
+        if !reply.is_positive() {
+            return self.quit_with(SessionError::GreetingRejected(reply));
+        }
+        self.state = State::ExpectReplies;
+        let command = format!("EHLO {}", self.config.helo_name);
+        self.send_command(&command, Pending::Ehlo);
+    }
+
+    fn handle_ehlo(&mut self, reply: Reply) {
+        if reply.is_positive() {
+            self.extensions = Some(Extensions::from_ehlo(&reply));
+            return self.become_ready();
+        }
+        if !self.config.helo_fallback {
+            return self.quit_with(SessionError::HeloRejected(reply));
+        }
+        let command = format!("HELO {}", self.config.helo_name);
+        self.send_command(&command, Pending::Helo);
+    }
+
+    fn handle_helo(&mut self, reply: Reply) {
+        if !reply.is_positive() {
+            return self.quit_with(SessionError::HeloRejected(reply));
+        }
+        self.extensions = Some(Extensions::default());
+        self.become_ready();
+    }
+
+    fn handle_mail(&mut self, reply: Reply) {
+        let Some(transaction) = &mut self.transaction else {
+            return;
+        };
+        let ok = reply.is_positive();
+        let pipelined = transaction.pipelined && !transaction.envelope.recipients.is_empty();
+        transaction.mail_reply = Some(reply);
+        if pipelined {
+            return;
+        }
+        if ok && !transaction.envelope.recipients.is_empty() {
+            self.send_rcpt(0);
+        } else {
+            self.abort_transaction();
+        }
+    }
+
+    fn handle_rcpt(&mut self, index: usize, reply: Reply) {
+        let Some(transaction) = &mut self.transaction else {
+            return;
+        };
+        transaction.rcpt_replies[index] = Some(reply);
+        if transaction.pipelined {
+            return;
+        }
+        let next = index + 1;
+        if next < transaction.envelope.recipients.len() {
+            self.send_rcpt(next);
+        } else if transaction.any_accepted() {
+            self.send_command("DATA", Pending::Data);
+        } else {
+            self.abort_transaction();
+        }
+    }
+
+    fn handle_data(&mut self, reply: Reply) {
+        let Some(transaction) = &mut self.transaction else {
+            return;
+        };
+        let go_ahead = reply.is_intermediate();
+        let usable = transaction.mail_ok() && transaction.any_accepted();
+        transaction.data_reply = Some(reply);
+        match (go_ahead, usable) {
+            (true, true) => {
+                self.state = State::SendingData;
+                self.events.push_back(Event::SendData);
+            }
+            (true, false) => {
+                // A pipelining server opened the data phase although MAIL or
+                // every RCPT failed. End it with no content, as RFC 2920
+                // section 3.1 asks, so nobody gets an empty message.
+                self.transmit.extend_from_slice(b".\r\n");
+                self.record(Direction::Client, ".".to_owned());
+                self.pending.push_back(Pending::DataEnd { discard: true });
+            }
+            (false, _) => self.abort_transaction(),
+        }
+    }
+
+    fn handle_data_end(&mut self, reply: Reply, discard: bool) {
+        let Some(mut transaction) = self.transaction.take() else {
+            return;
+        };
+        if !discard {
+            transaction.final_reply = Some(reply);
+        }
+        let report = transaction.report(false);
+        self.events.push_back(Event::TransactionComplete(report));
+        self.become_ready();
+    }
+
+    /// Ends a transaction that will send no content and resets the server
+    /// with RSET before the next one (C-TX-04, C-TX-08).
+    fn abort_transaction(&mut self) {
+        let Some(transaction) = self.transaction.take() else {
+            return;
+        };
+        let report = transaction.report(false);
+        self.events.push_back(Event::TransactionComplete(report));
+        self.send_command("RSET", Pending::Rset);
+    }
+
+    fn handle_rset(&mut self, reply: Reply) {
+        if reply.is_positive() {
+            self.become_ready();
+        } else {
+            // Never retry RSET: a server that refuses it is out of step.
+            self.quit_with(SessionError::RsetRejected(reply));
+        }
+    }
+
+    /// Emits [`Event::Ready`] once no reply is outstanding.
+    fn become_ready(&mut self) {
+        if self.pending.is_empty() && self.transaction.is_none() {
+            self.state = State::Ready;
+            self.events.push_back(Event::Ready);
+        }
+    }
+
+    /// Sends QUIT after a refusal and reports `error` when the session ends.
+    fn quit_with(&mut self, error: SessionError) {
+        self.finish_transaction(true);
+        self.pending.clear();
+        self.transmit.extend_from_slice(b"QUIT\r\n");
+        self.record(Direction::Client, "QUIT".to_owned());
+        self.state = State::Quitting(Some(error));
+    }
+
+    /// Ends the session at once with `error`.
+    fn fail(&mut self, error: SessionError) {
+        self.finish_transaction(true);
+        self.close(Err(error));
+    }
+
+    fn finish_transaction(&mut self, interrupted: bool) {
+        if let Some(transaction) = self.transaction.take() {
+            let report = transaction.report(interrupted);
+            self.events.push_back(Event::TransactionComplete(report));
+        }
+    }
+
+    fn close(&mut self, result: Result<(), SessionError>) {
+        self.pending.clear();
+        self.state = State::Closed;
+        self.events.push_back(Event::Closed(result));
+    }
+}
