@@ -1,0 +1,304 @@
+//! Scripts that make the test SMTP server deviate from a well-behaved ESMTP
+//! server at chosen points of a session.
+
+use std::time::Duration;
+
+/// Extension keywords advertised in the EHLO reply unless
+/// [`Script::extensions`] replaces them.
+const DEFAULT_EXTENSIONS: [&str; 5] = [
+    "PIPELINING",
+    "8BITMIME",
+    "ENHANCEDSTATUSCODES",
+    "SIZE 10485760",
+    "SMTPUTF8",
+];
+
+/// Configuration of a [`SmtpServer`](crate::smtp::SmtpServer): the EHLO
+/// extension keywords and the rules that override default replies.
+///
+/// `Script::new()` is a well-behaved ESMTP server. Each [`Script::on`] call
+/// adds a rule. When several rules match the same point, the one added first
+/// wins.
+///
+/// The session follows the reply code actually sent, whether it comes from
+/// a rule or from the default. For [`Action::Raw`] and
+/// [`Action::ReplyInSegments`] the code is the first three bytes.
+///
+/// - A greeting other than 220 leaves the session open, but then only QUIT
+///   gets 221 and every other command gets 503.
+/// - A 2xx reply to MAIL starts a transaction, and a 2xx reply to RCPT adds
+///   the recipient to it.
+/// - A 354 reply to DATA starts the message content. Any other reply means
+///   the next line is read as a command.
+/// - A 2xx reply to the final dot stores the message. Any other reply, or
+///   [`Action::Close`] and [`Action::Hang`], discards it.
+/// - Any reply with code 421, and any reply to QUIT, is followed by closing
+///   the connection.
+///
+/// ```
+/// use std::time::Duration;
+/// use mxsend_testkit::smtp::{Action, Point, Script};
+///
+/// let script = Script::new()
+///     .extensions(&["PIPELINING", "8BITMIME"])
+///     .on(Point::Rcpt.containing("<bob@"), Action::reply("550 5.1.1 No such user"))
+///     .on(Point::DataEnd.session(2), Action::delay(Duration::from_secs(1), Action::Close));
+/// # let _ = script;
+/// ```
+#[derive(Clone, Debug)]
+pub struct Script {
+    pub(crate) extensions: Vec<String>,
+    rules: Vec<Rule>,
+}
+
+#[derive(Clone, Debug)]
+struct Rule {
+    trigger: Trigger,
+    action: Action,
+}
+
+impl Default for Script {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Script {
+    /// Creates the script of a well-behaved server that advertises
+    /// PIPELINING, 8BITMIME, ENHANCEDSTATUSCODES, SIZE 10485760 and SMTPUTF8.
+    pub fn new() -> Self {
+        Self {
+            extensions: DEFAULT_EXTENSIONS.iter().map(|k| (*k).to_owned()).collect(),
+            rules: Vec::new(),
+        }
+    }
+
+    /// Replaces the extension keywords listed after the first EHLO reply line.
+    /// An empty list makes the EHLO reply a single `250 testkit.invalid` line.
+    pub fn extensions(mut self, keywords: &[&str]) -> Self {
+        self.extensions = keywords.iter().map(|k| (*k).to_owned()).collect();
+        self
+    }
+
+    /// Adds a rule: when `trigger` matches, the server performs `action`
+    /// in place of its default reply.
+    pub fn on(mut self, trigger: impl Into<Trigger>, action: Action) -> Self {
+        self.rules.push(Rule {
+            trigger: trigger.into(),
+            action,
+        });
+        self
+    }
+
+    /// Returns the action of the first rule that matches `event`.
+    pub(crate) fn action_for(&self, event: &Event<'_>) -> Option<&Action> {
+        self.rules
+            .iter()
+            .find(|rule| rule.trigger.matches(event))
+            .map(|rule| &rule.action)
+    }
+}
+
+/// A point in an SMTP session where a rule can replace the server's reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Point {
+    /// The greeting sent after the connection is accepted.
+    Connect,
+    /// The EHLO command.
+    Ehlo,
+    /// The HELO command.
+    Helo,
+    /// The MAIL command.
+    Mail,
+    /// The RCPT command.
+    Rcpt,
+    /// The DATA command.
+    Data,
+    /// The final `.` line that ends the message content.
+    DataEnd,
+    /// The RSET command.
+    Rset,
+    /// The QUIT command.
+    Quit,
+    /// The NOOP command.
+    Noop,
+    /// The STARTTLS command. The server does not implement TLS, so after a
+    /// scripted 220 reply it keeps reading plain-text commands.
+    StartTls,
+}
+
+impl Point {
+    /// Returns a trigger for only the `n`-th occurrence of this point in a
+    /// session, counting from 1.
+    pub fn nth(self, n: usize) -> Trigger {
+        Trigger::from(self).nth(n)
+    }
+
+    /// Returns a trigger for only the occurrences whose text contains `text`.
+    /// See [`Trigger::containing`].
+    pub fn containing(self, text: &str) -> Trigger {
+        Trigger::from(self).containing(text)
+    }
+
+    /// Returns a trigger for this point on only the `n`-th connection,
+    /// counting from 1.
+    pub fn session(self, n: usize) -> Trigger {
+        Trigger::from(self).session(n)
+    }
+}
+
+/// A [`Point`] with optional qualifiers. All qualifiers that are set must
+/// match for the rule to apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trigger {
+    point: Point,
+    nth: Option<usize>,
+    containing: Option<String>,
+    session: Option<usize>,
+}
+
+impl From<Point> for Trigger {
+    fn from(point: Point) -> Self {
+        Self {
+            point,
+            nth: None,
+            containing: None,
+            session: None,
+        }
+    }
+}
+
+impl Trigger {
+    /// Restricts the trigger to the `n`-th occurrence of its point in a
+    /// session, counting from 1.
+    pub fn nth(mut self, n: usize) -> Self {
+        self.nth = Some(n);
+        self
+    }
+
+    /// Restricts the trigger to occurrences whose text contains `text`,
+    /// ignoring ASCII case.
+    ///
+    /// The text is the command line without CRLF, the message content for
+    /// [`Point::DataEnd`] and the empty string for [`Point::Connect`].
+    pub fn containing(mut self, text: &str) -> Self {
+        self.containing = Some(text.to_owned());
+        self
+    }
+
+    /// Restricts the trigger to the `n`-th connection to the server,
+    /// counting from 1.
+    pub fn session(mut self, n: usize) -> Self {
+        self.session = Some(n);
+        self
+    }
+
+    fn matches(&self, event: &Event<'_>) -> bool {
+        self.point == event.point
+            && self.nth.is_none_or(|n| n == event.occurrence)
+            && self.session.is_none_or(|n| n == event.session)
+            && self
+                .containing
+                .as_deref()
+                .is_none_or(|needle| contains_ignore_ascii_case(event.text, needle.as_bytes()))
+    }
+}
+
+/// Server behavior at a point where a rule matches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Sends this reply text. The server ends each line with CRLF when it
+    /// does not already end with one, so `"250-a\r\n250 b"` is a two-line
+    /// reply.
+    Reply(String),
+    /// Sends each byte segment with a separate write, pausing for the given
+    /// duration between segments, to test how a client reassembles replies.
+    ReplyInSegments(Vec<Vec<u8>>, Duration),
+    /// Sends exactly these bytes with nothing added.
+    Raw(Vec<u8>),
+    /// Closes the connection without replying.
+    Close,
+    /// Never replies again but keeps the connection open until the client
+    /// closes it or the server shuts down.
+    Hang,
+    /// Waits for the duration, then performs the inner action.
+    Delay(Duration, Box<Action>),
+}
+
+impl Action {
+    /// Creates an [`Action::Reply`].
+    pub fn reply(text: impl Into<String>) -> Self {
+        Self::Reply(text.into())
+    }
+
+    /// Creates an [`Action::Delay`] that performs `action` after `duration`.
+    pub fn delay(duration: Duration, action: Action) -> Self {
+        Self::Delay(duration, Box::new(action))
+    }
+}
+
+/// One occurrence of a point in a session, matched against triggers.
+#[derive(Debug)]
+pub(crate) struct Event<'a> {
+    pub(crate) point: Point,
+    /// How many times this point has occurred in the session, this one included.
+    pub(crate) occurrence: usize,
+    /// The connection number, counting from 1.
+    pub(crate) session: usize,
+    pub(crate) text: &'a [u8],
+}
+
+fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    haystack
+        .windows(needle.len())
+        .any(|window| window.eq_ignore_ascii_case(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(point: Point, occurrence: usize, session: usize, text: &str) -> Event<'_> {
+        Event {
+            point,
+            occurrence,
+            session,
+            text: text.as_bytes(),
+        }
+    }
+
+    #[test]
+    fn first_matching_rule_wins() {
+        let script = Script::new()
+            .on(Point::Rcpt.containing("BOB"), Action::reply("550 first"))
+            .on(Point::Rcpt, Action::reply("450 second"));
+        let bob = event(Point::Rcpt, 1, 1, "RCPT TO:<bob@example.test>");
+        let alice = event(Point::Rcpt, 2, 1, "RCPT TO:<alice@example.test>");
+        assert_eq!(script.action_for(&bob), Some(&Action::reply("550 first")));
+        assert_eq!(
+            script.action_for(&alice),
+            Some(&Action::reply("450 second"))
+        );
+    }
+
+    #[test]
+    fn qualifiers_must_all_match() {
+        let script = Script::new().on(
+            Point::Mail.nth(2).session(3).containing("size="),
+            Action::Close,
+        );
+        let text = "MAIL FROM:<a@b> SIZE=10";
+        assert!(script.action_for(&event(Point::Mail, 2, 3, text)).is_some());
+        assert!(script.action_for(&event(Point::Mail, 1, 3, text)).is_none());
+        assert!(script.action_for(&event(Point::Mail, 2, 1, text)).is_none());
+        assert!(
+            script
+                .action_for(&event(Point::Mail, 2, 3, "MAIL FROM:<a@b>"))
+                .is_none()
+        );
+        assert!(script.action_for(&event(Point::Rcpt, 2, 3, text)).is_none());
+    }
+}
