@@ -1,0 +1,495 @@
+//! One SMTP connection over tokio, driving the sans-I/O session.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mxsend_proto::data::{DataEncoder, DataError, DataPolicy};
+use mxsend_proto::session::TranscriptLine;
+use mxsend_proto::{
+    ClientSession, Envelope, Event, Extensions, Phase, ReplyLimits, SessionConfig, SessionError,
+    Timeouts, TransactionReport,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::{debug, trace};
+
+use crate::message::{CHUNK_SIZE, Message};
+
+/// Settings of each connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    /// The EHLO name. `None` sends the address literal of the local end of
+    /// the connection, as RFC 5321 section 4.1.4 allows for a client
+    /// without a meaningful name.
+    pub helo_name: Option<String>,
+    /// Time allowed for the TCP handshake. Default 30 seconds, as Postfix's
+    /// `smtp_connect_timeout`.
+    pub connect_timeout: Duration,
+    /// Reply timeouts by phase (RFC 5321 section 4.5.3.2 minimums).
+    pub timeouts: Timeouts,
+    /// Bounds on each reply.
+    pub reply_limits: ReplyLimits,
+    /// Send HELO once when EHLO is refused. Default true.
+    pub helo_fallback: bool,
+    /// Pipeline commands when the server advertises PIPELINING. Default true.
+    pub pipelining: bool,
+    /// Line length rules for content.
+    pub data_policy: DataPolicy,
+    /// Keep a transcript. Default true.
+    pub transcript: bool,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            helo_name: None,
+            connect_timeout: Duration::from_secs(30),
+            timeouts: Timeouts::default(),
+            reply_limits: ReplyLimits::default(),
+            helo_fallback: true,
+            pipelining: true,
+            data_policy: DataPolicy::default(),
+            transcript: true,
+        }
+    }
+}
+
+/// Why a connection failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectionError {
+    /// The TCP connection could not be made.
+    #[error("cannot connect to {address}")]
+    Connect {
+        /// The address tried.
+        address: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TCP handshake did not finish in time.
+    #[error("connecting to {address} timed out after {timeout:?}")]
+    ConnectTimeout {
+        /// The address tried.
+        address: SocketAddr,
+        /// The timeout that expired.
+        timeout: Duration,
+    },
+    /// Reading or writing failed.
+    #[error("I/O error with {address} during {phase}")]
+    Io {
+        /// The server.
+        address: SocketAddr,
+        /// Where the session was.
+        phase: Phase,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The session ended: the server refused, misbehaved or went away.
+    #[error("session with {address} failed")]
+    Session {
+        /// The server.
+        address: SocketAddr,
+        /// What happened.
+        #[source]
+        error: SessionError,
+    },
+    /// The message content could not be read or encoded.
+    #[error("cannot send message content")]
+    Content {
+        /// The cause.
+        #[source]
+        source: ContentError,
+    },
+    /// The connection was used after it ended.
+    #[error("connection to {address} is closed")]
+    Closed {
+        /// The server.
+        address: SocketAddr,
+    },
+}
+
+/// A failure of message content during the data phase.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContentError {
+    /// Reading the content failed.
+    #[error("reading message content failed")]
+    Read(#[source] std::io::Error),
+    /// The content breaks the line length policy.
+    #[error(transparent)]
+    Data(#[from] DataError),
+}
+
+/// Supplies messages for one connection and takes each transaction's
+/// report, in the manner of Twisted's `SMTPClient` callbacks
+/// (`getMailFrom`, `getMailTo`, `getMailData`, `sentMail`).
+pub trait MailSource {
+    /// The next message to send, or `None` to end the session with QUIT.
+    fn next_message(&mut self) -> Option<Message>;
+
+    /// Receives the report of each transaction: the final reply, how many
+    /// recipients were accepted and each recipient's reply.
+    fn sent_mail(&mut self, report: &TransactionReport);
+}
+
+/// An open SMTP connection that completed EHLO or HELO.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    session: ClientSession,
+    address: SocketAddr,
+    data_policy: DataPolicy,
+    data_block_timeout: Duration,
+    read_buffer: Box<[u8]>,
+    /// The phase and the deadline of the reply being waited for.
+    deadline: Option<(Phase, Instant)>,
+    result: Option<Result<(), SessionError>>,
+}
+
+impl Connection {
+    /// Connects to `address`, waits for the greeting and sends EHLO.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectionError::Connect`] or [`ConnectionError::ConnectTimeout`]
+    /// when no TCP connection could be made; [`ConnectionError::Session`]
+    /// when the greeting or EHLO failed, for example with
+    /// [`SessionError::GreetingRejected`]; [`ConnectionError::Io`].
+    pub async fn connect(
+        address: SocketAddr,
+        config: &ConnectionConfig,
+    ) -> Result<Connection, ConnectionError> {
+        debug!(%address, "connecting");
+        let stream =
+            match tokio::time::timeout(config.connect_timeout, TcpStream::connect(address)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(source)) => return Err(ConnectionError::Connect { address, source }),
+                Err(_) => {
+                    return Err(ConnectionError::ConnectTimeout {
+                        address,
+                        timeout: config.connect_timeout,
+                    });
+                }
+            };
+        // Each pipelined group goes out in one write; Nagle's algorithm would
+        // only hold it back waiting for an ACK.
+        let _ = stream.set_nodelay(true);
+        let helo_name = match &config.helo_name {
+            Some(name) => name.clone(),
+            None => address_literal(stream.local_addr().ok()),
+        };
+        let mut session_config = SessionConfig::new(&helo_name)
+            .map_err(|error| ConnectionError::Session { address, error })?;
+        session_config.timeouts = config.timeouts;
+        session_config.reply_limits = config.reply_limits;
+        session_config.helo_fallback = config.helo_fallback;
+        session_config.pipelining = config.pipelining;
+        session_config.transcript = config.transcript;
+        let mut connection = Connection {
+            stream,
+            session: ClientSession::new(session_config),
+            address,
+            data_policy: config.data_policy,
+            data_block_timeout: config.timeouts.data_block,
+            read_buffer: vec![0; 16 * 1024].into_boxed_slice(),
+            deadline: None,
+            result: None,
+        };
+        match connection.next_event().await? {
+            Event::Ready => Ok(connection),
+            other => Err(connection.unexpected(other)),
+        }
+    }
+
+    /// The server's address.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// What the server advertised.
+    pub fn extensions(&self) -> Option<&Extensions> {
+        self.session.extensions()
+    }
+
+    /// Takes the transcript so far.
+    pub fn take_transcript(&mut self) -> Vec<TranscriptLine> {
+        self.session.take_transcript()
+    }
+
+    /// Whether another transaction may use this connection.
+    pub fn is_usable(&self) -> bool {
+        self.result.is_none()
+    }
+
+    /// Sends one message to `recipients`, a subset of its recipients or all
+    /// of them.
+    ///
+    /// A returned report is final for each recipient in it; a report with
+    /// [`TransactionReport::interrupted`] set comes with a connection that
+    /// is no longer usable.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectionError::Closed`] when the connection ended before;
+    /// [`ConnectionError::Content`] when reading the content failed (the
+    /// connection is dropped, the recipients stay unsent).
+    pub async fn send(
+        &mut self,
+        message: &Message,
+        recipients: &[mxsend_proto::Address],
+    ) -> Result<TransactionReport, ConnectionError> {
+        if !self.is_usable() {
+            return Err(ConnectionError::Closed {
+                address: self.address,
+            });
+        }
+        self.wait_ready().await?;
+        let envelope = Envelope {
+            sender: message.sender().cloned(),
+            recipients: recipients.to_vec(),
+            size: Some(message.wire_size()),
+            eight_bit: message.is_eight_bit(),
+        };
+        self.session
+            .start_transaction(envelope)
+            .map_err(|error| ConnectionError::Session {
+                address: self.address,
+                error,
+            })?;
+        loop {
+            match self.next_event().await {
+                Ok(Event::SendData) => {
+                    if let Err(error) = self.send_content(message).await {
+                        self.session.handle_eof();
+                        self.drain_events();
+                        return Err(error);
+                    }
+                    self.session.data_sent();
+                }
+                Ok(Event::TransactionComplete(report)) => {
+                    self.drain_ready();
+                    return Ok(report);
+                }
+                Ok(Event::Ready) => {}
+                Ok(Event::Closed(_)) => {
+                    return Err(ConnectionError::Closed {
+                        address: self.address,
+                    });
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Runs the session with messages from `source` until it returns
+    /// `None`, then sends QUIT.
+    ///
+    /// # Errors
+    ///
+    /// The first error that ends the session; each transaction finished
+    /// before it was reported to `source`.
+    pub async fn run<S: MailSource>(mut self, source: &mut S) -> Result<(), ConnectionError> {
+        while let Some(message) = source.next_message() {
+            let recipients = message.recipients().to_vec();
+            let report = self.send(&message, &recipients).await?;
+            source.sent_mail(&report);
+            if !self.is_usable() {
+                return match self.result.take() {
+                    Some(Err(error)) => Err(ConnectionError::Session {
+                        address: self.address,
+                        error,
+                    }),
+                    _ => Err(ConnectionError::Closed {
+                        address: self.address,
+                    }),
+                };
+            }
+        }
+        self.quit().await
+    }
+
+    /// Sends QUIT, waits for its reply and closes the connection.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error while doing so. The connection is closed either way.
+    pub async fn quit(mut self) -> Result<(), ConnectionError> {
+        if self.is_usable() && self.wait_ready().await.is_ok() {
+            self.session.quit();
+            while !self.session.is_closed() {
+                self.next_event().await?;
+            }
+        }
+        let _ = self.stream.shutdown().await;
+        Ok(())
+    }
+
+    /// Reads until the session is ready for a transaction, as after the
+    /// RSET that follows a transaction without content.
+    async fn wait_ready(&mut self) -> Result<(), ConnectionError> {
+        while !self.session.is_ready() {
+            match self.next_event().await? {
+                Event::Ready => {}
+                Event::Closed(_) => {
+                    return Err(ConnectionError::Closed {
+                        address: self.address,
+                    });
+                }
+                other => return Err(self.unexpected(other)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Why the session ended, once it has.
+    pub fn session_result(&self) -> Option<&Result<(), SessionError>> {
+        self.result.as_ref()
+    }
+
+    /// Writes pending commands and reads until the session has an event.
+    async fn next_event(&mut self) -> Result<Event, ConnectionError> {
+        loop {
+            if let Some(bytes) = self.session.poll_transmit() {
+                self.write(&bytes).await?;
+                self.deadline = None;
+            }
+            if let Some(event) = self.session.poll_event() {
+                if let Event::Closed(result) = &event {
+                    self.result = Some(result.clone());
+                    if let Err(error) = result {
+                        debug!(address = %self.address, %error, "session ended");
+                        return Err(ConnectionError::Session {
+                            address: self.address,
+                            error: error.clone(),
+                        });
+                    }
+                }
+                return Ok(event);
+            }
+            let Some((phase, timeout)) = self.session.timeout() else {
+                return Err(ConnectionError::Closed {
+                    address: self.address,
+                });
+            };
+            // One deadline bounds the whole reply, so a server that sends a
+            // byte now and then cannot hold the session forever.
+            let deadline = match self.deadline {
+                Some((current, deadline)) if current == phase => deadline,
+                _ => {
+                    let deadline = Instant::now() + timeout;
+                    self.deadline = Some((phase, deadline));
+                    deadline
+                }
+            };
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut self.read_buffer)).await {
+                Err(_) => self.session.handle_timeout(),
+                Ok(Ok(0)) => self.session.handle_eof(),
+                Ok(Ok(read)) => {
+                    let bytes = &self.read_buffer[..read];
+                    trace!(address = %self.address, received = %String::from_utf8_lossy(bytes).trim_end(), "reply bytes");
+                    self.session.handle_input(bytes);
+                }
+                Ok(Err(source)) => {
+                    self.session.handle_eof();
+                    self.drain_events();
+                    return Err(ConnectionError::Io {
+                        address: self.address,
+                        phase,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), ConnectionError> {
+        trace!(address = %self.address, sent = %String::from_utf8_lossy(bytes).trim_end(), "commands");
+        let phase = self.session.phase();
+        match tokio::time::timeout(self.data_block_timeout, self.stream.write_all(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(ConnectionError::Io {
+                address: self.address,
+                phase,
+                source,
+            }),
+            Err(_) => Err(ConnectionError::Session {
+                address: self.address,
+                error: SessionError::TimedOut {
+                    phase,
+                    timeout: self.data_block_timeout,
+                },
+            }),
+        }
+    }
+
+    /// Streams the content through the DATA encoder, each write bounded by
+    /// the data block timeout.
+    async fn send_content(&mut self, message: &Message) -> Result<(), ConnectionError> {
+        let content_error = |source| ConnectionError::Content { source };
+        let mut reader = message
+            .content()
+            .open()
+            .await
+            .map_err(|e| content_error(ContentError::Read(e)))?;
+        let mut encoder = DataEncoder::new(self.data_policy);
+        let mut chunk = vec![0; CHUNK_SIZE];
+        let mut wire = Vec::with_capacity(CHUNK_SIZE + CHUNK_SIZE / 4);
+        loop {
+            let read = reader
+                .read(&mut chunk)
+                .await
+                .map_err(|e| content_error(ContentError::Read(e)))?;
+            if read == 0 {
+                break;
+            }
+            encoder
+                .encode(&chunk[..read], &mut wire)
+                .map_err(|e| content_error(e.into()))?;
+            self.write(&wire).await?;
+            wire.clear();
+        }
+        encoder
+            .finish(&mut wire)
+            .map_err(|e| content_error(e.into()))?;
+        self.write(&wire).await
+    }
+
+    /// Consumes the `Ready` that follows a finished transaction, or records
+    /// the end of the session.
+    fn drain_ready(&mut self) {
+        if let Some(Event::Closed(result)) = self.session.poll_event() {
+            self.result = Some(result);
+        }
+    }
+
+    fn drain_events(&mut self) {
+        while let Some(event) = self.session.poll_event() {
+            if let Event::Closed(result) = event {
+                self.result = Some(result);
+            }
+        }
+    }
+
+    fn unexpected(&self, event: Event) -> ConnectionError {
+        debug!(address = %self.address, ?event, "unexpected event");
+        ConnectionError::Closed {
+            address: self.address,
+        }
+    }
+}
+
+/// The address literal of RFC 5321 section 4.1.3 for our end of the
+/// connection, such as `[192.0.2.1]` or `[IPv6:2001:db8::1]`.
+fn address_literal(local: Option<SocketAddr>) -> String {
+    match local {
+        Some(SocketAddr::V4(v4)) => format!("[{}]", v4.ip()),
+        Some(SocketAddr::V6(v6)) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => format!("[{v4}]"),
+            None => format!("[IPv6:{}]", v6.ip()),
+        },
+        None => "[127.0.0.1]".to_owned(),
+    }
+}

@@ -1,0 +1,392 @@
+//! Delivery of one message to all its recipients, across the mail
+//! exchangers of each recipient domain.
+//!
+//! Recipients are grouped by domain. For each domain the exchangers' addresses
+//! are tried in order (C-MX-05) until every recipient has a final answer.
+//! A connection that fails, a greeting or EHLO that is refused, a 421 or a
+//! connection lost before the final dot moves the recipients still open to
+//! the next address. A reply to RCPT decides that recipient: 5yz fails it,
+//! 4yz defers it (C-TX-03). A connection lost after the final dot makes the
+//! outcome uncertain and the message is not sent again, because the server
+//! may have taken it (RFC 5321 section 6.1).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+use mxsend_proto::session::TranscriptLine;
+use mxsend_proto::{Address, Outcome, Reply};
+use tracing::{Instrument, debug, debug_span};
+
+use crate::connection::{Connection, ConnectionConfig};
+use crate::message::Message;
+use crate::resolver::{MxError, MxPlan, MxResolver};
+
+/// The default SMTP port for MX delivery.
+pub const DEFAULT_PORT: u16 = 25;
+
+/// Where messages go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// To the mail exchangers of each recipient domain.
+    Mx,
+    /// To one smarthost for every recipient, with no MX lookup.
+    Relay {
+        /// Host name or IP address.
+        host: String,
+        /// TCP port.
+        port: u16,
+    },
+}
+
+/// Settings of a delivery.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Settings of each connection.
+    pub connection: ConnectionConfig,
+    /// The port of mail exchangers. Default 25.
+    pub port: u16,
+    /// MX delivery or a relay. Default MX.
+    pub route: Route,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            connection: ConnectionConfig::default(),
+            port: DEFAULT_PORT,
+            route: Route::Mx,
+        }
+    }
+}
+
+/// A server reply in a report.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReplySummary {
+    /// The reply code.
+    pub code: u16,
+    /// The enhanced status code, such as `5.1.1`.
+    pub enhanced: Option<String>,
+    /// The text of all lines, joined.
+    pub text: String,
+}
+
+impl From<&Reply> for ReplySummary {
+    fn from(reply: &Reply) -> Self {
+        ReplySummary {
+            code: reply.code(),
+            enhanced: reply.enhanced().map(|code| code.to_string()),
+            text: reply.text(),
+        }
+    }
+}
+
+/// What became of one recipient.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RecipientReport {
+    /// The recipient.
+    pub address: String,
+    /// The outcome.
+    #[serde(serialize_with = "serialize_outcome")]
+    pub outcome: Outcome,
+    /// The server reply that decided it, when there was one.
+    pub reply: Option<ReplySummary>,
+    /// Why, in one line: the reply or the error.
+    pub reason: String,
+    /// The exchanger that gave the answer.
+    pub host: Option<String>,
+    /// Its address and port.
+    pub server: Option<SocketAddr>,
+    /// True when DNS reported that the domain or relay does not exist.
+    pub no_such_domain: bool,
+}
+
+fn serialize_outcome<S: serde::Serializer>(outcome: &Outcome, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&outcome.to_string())
+}
+
+/// One connection attempt.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Attempt {
+    /// The exchanger's name.
+    pub host: String,
+    /// The address tried, when the host had one.
+    pub server: Option<SocketAddr>,
+    /// What happened, in one line.
+    pub result: String,
+}
+
+/// A transcript line with the server it was exchanged with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranscriptEntry {
+    /// The server.
+    pub server: SocketAddr,
+    /// The line.
+    pub line: TranscriptLine,
+}
+
+impl fmt::Display for TranscriptEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}] {}", self.server, self.line)
+    }
+}
+
+/// The result of delivering one message.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryReport {
+    /// Every recipient in the order given.
+    pub recipients: Vec<RecipientReport>,
+    /// Every connection attempt in order.
+    pub attempts: Vec<Attempt>,
+    /// Every command and reply, by server. Message content is not included.
+    pub transcript: Vec<TranscriptEntry>,
+}
+
+impl DeliveryReport {
+    /// How many recipients got the message.
+    pub fn delivered(&self) -> usize {
+        self.count(Outcome::Delivered)
+    }
+
+    /// How many recipients have the given outcome.
+    pub fn count(&self, outcome: Outcome) -> usize {
+        self.recipients
+            .iter()
+            .filter(|r| r.outcome == outcome)
+            .count()
+    }
+}
+
+/// Sends messages over MX lookups or a relay.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    resolver: MxResolver,
+    config: DeliveryConfig,
+}
+
+impl Delivery {
+    /// Creates a delivery with a resolver and settings.
+    pub fn new(resolver: MxResolver, config: DeliveryConfig) -> Delivery {
+        Delivery { resolver, config }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &DeliveryConfig {
+        &self.config
+    }
+
+    /// Delivers `message` to all its recipients. Every recipient ends with
+    /// an outcome; failures are in the report, never an error.
+    pub async fn deliver(&self, message: &Message) -> DeliveryReport {
+        let mut report = DeliveryReport::default();
+        let mut results: BTreeMap<usize, RecipientReport> = BTreeMap::new();
+        for (domain, indexes) in self.groups(message) {
+            let recipients: Vec<(usize, Address)> = indexes
+                .into_iter()
+                .map(|i| (i, message.recipients()[i].clone()))
+                .collect();
+            let span = debug_span!("destination", domain = %domain);
+            self.deliver_domain(message, &domain, recipients, &mut report, &mut results)
+                .instrument(span)
+                .await;
+        }
+        report.recipients = results.into_values().collect();
+        report
+    }
+
+    /// Groups recipient indexes by destination: the lower-case domain for
+    /// MX delivery, one group for a relay.
+    fn groups(&self, message: &Message) -> BTreeMap<String, Vec<usize>> {
+        let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (index, recipient) in message.recipients().iter().enumerate() {
+            let key = match &self.config.route {
+                Route::Mx => recipient.domain().trim_end_matches('.').to_lowercase(),
+                Route::Relay { host, .. } => host.clone(),
+            };
+            groups.entry(key).or_default().push(index);
+        }
+        groups
+    }
+
+    async fn plan(&self, destination: &str) -> Result<(MxPlan, u16), MxError> {
+        match &self.config.route {
+            Route::Mx => Ok((self.resolver.resolve(destination).await?, self.config.port)),
+            Route::Relay { host, port } => Ok((self.resolver.resolve_host(host).await?, *port)),
+        }
+    }
+
+    async fn deliver_domain(
+        &self,
+        message: &Message,
+        destination: &str,
+        mut pending: Vec<(usize, Address)>,
+        report: &mut DeliveryReport,
+        results: &mut BTreeMap<usize, RecipientReport>,
+    ) {
+        let (plan, port) = match self.plan(destination).await {
+            Ok(found) => found,
+            Err(error) => {
+                debug!(%error, "no route");
+                let outcome = if error.is_permanent() {
+                    Outcome::Failed
+                } else {
+                    Outcome::Deferred
+                };
+                for (index, address) in pending {
+                    results.insert(
+                        index,
+                        RecipientReport {
+                            address: address.to_string(),
+                            outcome,
+                            reply: None,
+                            reason: error.to_string(),
+                            host: None,
+                            server: None,
+                            no_such_domain: matches!(error, MxError::NoSuchDomain { .. }),
+                        },
+                    );
+                }
+                return;
+            }
+        };
+
+        let mut last_error = format!("no usable mail exchanger for {destination}");
+        for host in plan.hosts.iter().filter(|host| host.addresses.is_empty()) {
+            let result = host.error.clone().unwrap_or_default();
+            report.attempts.push(Attempt {
+                host: host.name.clone(),
+                server: None,
+                result: result.clone(),
+            });
+            last_error = result;
+        }
+        for (host, ip) in plan.addresses() {
+            if pending.is_empty() {
+                break;
+            }
+            let server = SocketAddr::new(ip, port);
+            let span = debug_span!("attempt", mx = %host.name, ip = %ip);
+            let outcome = self
+                .attempt(message, server, &host.name, &mut pending, report, results)
+                .instrument(span)
+                .await;
+            report.attempts.push(Attempt {
+                host: host.name.clone(),
+                server: Some(server),
+                result: outcome.clone(),
+            });
+            last_error = format!("{} ({server}): {outcome}", host.name);
+        }
+        for (index, address) in pending {
+            results.insert(
+                index,
+                RecipientReport {
+                    address: address.to_string(),
+                    outcome: Outcome::Deferred,
+                    reply: None,
+                    reason: last_error.clone(),
+                    host: None,
+                    server: None,
+                    no_such_domain: false,
+                },
+            );
+        }
+    }
+
+    /// Tries one address; settles the recipients it gave a final answer
+    /// for and leaves the others in `pending`. Returns what happened.
+    async fn attempt(
+        &self,
+        message: &Message,
+        server: SocketAddr,
+        host: &str,
+        pending: &mut Vec<(usize, Address)>,
+        report: &mut DeliveryReport,
+        results: &mut BTreeMap<usize, RecipientReport>,
+    ) -> String {
+        let mut connection = match Connection::connect(server, &self.config.connection).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                debug!(error = %error_chain(&error), "connection failed");
+                return error_chain(&error);
+            }
+        };
+        let recipients: Vec<Address> = pending.iter().map(|(_, a)| a.clone()).collect();
+        let sent = connection.send(message, &recipients).await;
+        append_transcript(report, server, &mut connection);
+        let transaction = match sent {
+            Ok(transaction) => transaction,
+            Err(error) => {
+                debug!(error = %error_chain(&error), "transaction failed");
+                let _ = connection.quit().await;
+                return error_chain(&error);
+            }
+        };
+
+        let session_error = connection
+            .session_result()
+            .and_then(|result| result.as_ref().err())
+            .map(ToString::to_string);
+        let mut still_pending = Vec::new();
+        for ((index, address), status) in pending.drain(..).zip(transaction.recipients) {
+            if transaction.interrupted && status.outcome == Outcome::Deferred {
+                still_pending.push((index, address));
+                continue;
+            }
+            let reason = match (&status.reply, &session_error) {
+                (Some(reply), _) => reply.to_string(),
+                (None, Some(error)) => error.clone(),
+                (None, None) => "no reply".to_owned(),
+            };
+            let reason = if status.outcome == Outcome::Uncertain {
+                format!("{reason}; the message may have been delivered")
+            } else {
+                reason
+            };
+            results.insert(
+                index,
+                RecipientReport {
+                    address: address.to_string(),
+                    outcome: status.outcome,
+                    reply: status.reply.as_ref().map(ReplySummary::from),
+                    reason,
+                    host: Some(host.to_owned()),
+                    server: Some(server),
+                    no_such_domain: false,
+                },
+            );
+        }
+        *pending = still_pending;
+
+        let summary = match (&transaction.final_reply, &session_error) {
+            (_, Some(error)) => format!("session failed: {error}"),
+            (Some(reply), None) => reply.to_string(),
+            (None, None) => "no recipient accepted".to_owned(),
+        };
+        if connection.is_usable() {
+            let _ = connection.quit().await;
+        }
+        summary
+    }
+}
+
+fn append_transcript(report: &mut DeliveryReport, server: SocketAddr, connection: &mut Connection) {
+    report.transcript.extend(
+        connection
+            .take_transcript()
+            .into_iter()
+            .map(|line| TranscriptEntry { server, line }),
+    );
+}
+
+/// An error with its causes, for one-line reasons in reports.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,190 @@
+//! A message to send: its envelope and its content.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use mxsend_proto::Address;
+use mxsend_proto::data::{ContentScan, DataEncoder, DataError, DataPolicy};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Size of the chunks in which content is read, scanned and sent.
+pub(crate) const CHUNK_SIZE: usize = 64 * 1024;
+
+/// Where the content comes from. Content is read again for each attempt, so
+/// it never has to fit in memory when it comes from a file.
+#[derive(Debug, Clone)]
+pub enum Content {
+    /// Bytes in memory.
+    Memory(Arc<[u8]>),
+    /// A file, read in chunks.
+    File(PathBuf),
+}
+
+/// A stream of content bytes.
+pub type ContentReader = Pin<Box<dyn AsyncRead + Send>>;
+
+impl Content {
+    /// Opens the content for reading from the start.
+    ///
+    /// # Errors
+    ///
+    /// The I/O error of opening the file.
+    pub async fn open(&self) -> std::io::Result<ContentReader> {
+        match self {
+            Content::Memory(bytes) => Ok(Box::pin(std::io::Cursor::new(Arc::clone(bytes)))),
+            Content::File(path) => Ok(Box::pin(tokio::fs::File::open(path).await?)),
+        }
+    }
+}
+
+/// Why a message cannot be sent as it is.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MessageError {
+    /// The message has no recipient.
+    #[error("message has no recipients")]
+    NoRecipients,
+    /// A line is too long for SMTP.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// The content could not be read.
+    #[error("cannot read message content from {path}")]
+    Read {
+        /// The file, or `memory`.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A message with its envelope, checked and measured before sending.
+#[derive(Debug, Clone)]
+pub struct Message {
+    sender: Option<Address>,
+    recipients: Vec<Address>,
+    content: Content,
+    wire_size: u64,
+    eight_bit: bool,
+}
+
+impl Message {
+    /// Builds a message from content in memory.
+    ///
+    /// # Errors
+    ///
+    /// [`MessageError::NoRecipients`], or [`MessageError::Data`] when a line
+    /// is longer than `policy` allows.
+    pub async fn from_bytes(
+        sender: Option<Address>,
+        recipients: Vec<Address>,
+        content: impl Into<Arc<[u8]>>,
+        policy: DataPolicy,
+    ) -> Result<Message, MessageError> {
+        Message::new(sender, recipients, Content::Memory(content.into()), policy).await
+    }
+
+    /// Builds a message whose content is read from `path` at each attempt.
+    ///
+    /// # Errors
+    ///
+    /// As [`Message::from_bytes`], and [`MessageError::Read`] when the file
+    /// cannot be read.
+    pub async fn from_file(
+        sender: Option<Address>,
+        recipients: Vec<Address>,
+        path: &Path,
+        policy: DataPolicy,
+    ) -> Result<Message, MessageError> {
+        Message::new(sender, recipients, Content::File(path.to_owned()), policy).await
+    }
+
+    async fn new(
+        sender: Option<Address>,
+        recipients: Vec<Address>,
+        content: Content,
+        policy: DataPolicy,
+    ) -> Result<Message, MessageError> {
+        if recipients.is_empty() {
+            return Err(MessageError::NoRecipients);
+        }
+        let source = match &content {
+            Content::Memory(_) => "memory".to_owned(),
+            Content::File(path) => path.display().to_string(),
+        };
+        let read_error = |source_error| MessageError::Read {
+            path: source.clone(),
+            source: source_error,
+        };
+        let mut scan = ContentScan::new();
+        let mut reader = content.open().await.map_err(read_error)?;
+        let mut chunk = vec![0; CHUNK_SIZE];
+        loop {
+            let read = reader.read(&mut chunk).await.map_err(read_error)?;
+            if read == 0 {
+                break;
+            }
+            scan.update(&chunk[..read]);
+        }
+        if scan.longest_line() > policy.max_line_length {
+            find_data_error(&content, policy)
+                .await
+                .map_err(read_error)??;
+        }
+        Ok(Message {
+            sender,
+            recipients,
+            content,
+            wire_size: scan.wire_size(),
+            eight_bit: scan.has_8bit(),
+        })
+    }
+
+    /// The reverse path; `None` for the null sender `<>`.
+    pub fn sender(&self) -> Option<&Address> {
+        self.sender.as_ref()
+    }
+
+    /// The recipients in the order given.
+    pub fn recipients(&self) -> &[Address] {
+        &self.recipients
+    }
+
+    /// The content.
+    pub fn content(&self) -> &Content {
+        &self.content
+    }
+
+    /// The size on the wire, for `SIZE=` (RFC 1870).
+    pub fn wire_size(&self) -> u64 {
+        self.wire_size
+    }
+
+    /// Whether the content has octets of 0x80 or above.
+    pub fn is_eight_bit(&self) -> bool {
+        self.eight_bit
+    }
+}
+
+/// Encodes the content to find the line that breaks `policy`, for an error
+/// that names it.
+async fn find_data_error(
+    content: &Content,
+    policy: DataPolicy,
+) -> std::io::Result<Result<(), DataError>> {
+    let mut reader = content.open().await?;
+    let mut encoder = DataEncoder::new(policy);
+    let mut chunk = vec![0; CHUNK_SIZE];
+    let mut sink = Vec::with_capacity(CHUNK_SIZE * 2);
+    loop {
+        let read = reader.read(&mut chunk).await?;
+        if read == 0 {
+            return Ok(encoder.finish(&mut sink));
+        }
+        if let Err(error) = encoder.encode(&chunk[..read], &mut sink) {
+            return Ok(Err(error));
+        }
+        sink.clear();
+    }
+}
