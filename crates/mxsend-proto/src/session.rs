@@ -721,7 +721,8 @@ impl ClientSession {
         if let Some(transaction) = &mut self.transaction {
             transaction.data_sent = true;
         }
-        self.record(Direction::Client, "<message content>\r\n.".to_owned());
+        self.record(Direction::Client, "<message content>".to_owned());
+        self.record(Direction::Client, ".".to_owned());
         self.pending.push_back(Pending::DataEnd { discard: false });
         self.state = State::ExpectReplies;
     }
