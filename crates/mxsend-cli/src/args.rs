@@ -1,0 +1,184 @@
+//! Command-line syntax.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Send email over SMTP the way a careful mail server does.
+#[derive(Debug, Parser)]
+#[command(name = "mxsend", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Send a message to its recipients' mail exchangers or through a relay.
+    ///
+    /// Exit status follows sendmail's sysexits.h: 0 all delivered, 75 some
+    /// deferred or uncertain, 67 unknown user, 68 no such domain, 69 other
+    /// permanent failure, 64 bad usage, 65 bad message.
+    Send(SendArgs),
+    /// Show the mail exchangers of a domain in the order they would be tried.
+    ///
+    /// MX records are sorted by preference, with equal preferences shuffled.
+    /// A domain without MX records is its own exchanger (implicit MX). A
+    /// domain with a null MX (`MX 0 .`) accepts no mail (exit 69); a domain
+    /// that does not exist exits 68; a DNS failure such as SERVFAIL or a
+    /// timeout exits 75 and is never taken as "no MX".
+    Mx(MxArgs),
+    /// Run the whole path on loopback: a DNS zone whose example.net MX points
+    /// at a built-in SMTP server on 127.0.0.1, the tutorial message sent the
+    /// same way `mxsend send` sends, then the report and the message as the
+    /// server stored it. Needs no network.
+    Demo(DemoArgs),
+}
+
+/// Options shared by commands that look up DNS names.
+#[derive(Debug, Args, Clone)]
+pub struct DnsArgs {
+    /// DNS server to ask, as IP or IP:PORT (port 53 by default), instead of
+    /// the servers in /etc/resolv.conf.
+    #[arg(long, value_name = "IP[:PORT]", value_parser = parse_nameserver)]
+    pub nameserver: Option<SocketAddr>,
+    /// Seconds to wait for each DNS request.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    pub dns_timeout: u64,
+}
+
+/// `mxsend send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The message file (RFC 5322 headers and body); standard input when
+    /// absent. A leading mbox `From ` line is dropped.
+    pub file: Option<PathBuf>,
+    /// Envelope sender; defaults to the address in the From header.
+    #[arg(long, short = 'f', value_name = "ADDRESS")]
+    pub from: Option<String>,
+    /// Envelope recipient; repeat for several.
+    #[arg(long, value_name = "ADDRESS")]
+    pub to: Vec<String>,
+    /// Also send to the addresses in the To, Cc and Bcc headers; the Bcc
+    /// header is removed from what is transmitted.
+    #[arg(short = 't', long)]
+    pub read_recipients: bool,
+    /// Send everything through this smarthost instead of looking up MX
+    /// records; port 25 unless given.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub relay: Option<String>,
+    /// Port of the mail exchangers.
+    #[arg(long, default_value_t = mxsend::DEFAULT_PORT)]
+    pub port: u16,
+    /// Name sent with EHLO; defaults to this machine's fully qualified name,
+    /// or the address literal of the connection when it has none.
+    #[arg(long, value_name = "NAME")]
+    pub helo: Option<String>,
+    /// Seconds allowed for each TCP connection to be made.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub connect_timeout: u64,
+    /// Seconds allowed for every server reply, in place of the RFC 5321
+    /// defaults (5 minutes for most commands, 10 after the final dot).
+    #[arg(long, value_name = "SECONDS")]
+    pub reply_timeout: Option<u64>,
+    /// Never pipeline commands, even when the server offers PIPELINING.
+    #[arg(long)]
+    pub no_pipelining: bool,
+    /// Print the report as JSON on standard output.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the SMTP transcript on standard error.
+    #[arg(short, long)]
+    pub verbose: bool,
+    #[command(flatten)]
+    pub dns: DnsArgs,
+}
+
+/// `mxsend mx`.
+#[derive(Debug, Args)]
+pub struct MxArgs {
+    /// The domain, or an address whose domain to look up.
+    pub domain: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub dns: DnsArgs,
+}
+
+/// `mxsend demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Print the SMTP transcript too.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+/// Parses `IP` or `IP:PORT`, with IPv6 in brackets when a port is given.
+pub fn parse_nameserver(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return Ok(address);
+    }
+    let bare = text.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<std::net::IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| {
+            format!("invalid nameserver {text:?}: expected IP or IP:PORT, such as 127.0.0.1:5353")
+        })
+}
+
+/// Splits `HOST[:PORT]`, `[IPv6]:PORT` or a bare IPv6 address.
+pub fn parse_relay(text: &str) -> Result<(String, u16), String> {
+    let invalid = || {
+        format!("invalid relay {text:?}: expected HOST or HOST:PORT, such as smtp.example.com:587")
+    };
+    if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(invalid)?;
+        let port = match after.strip_prefix(':') {
+            Some(port) => port.parse().map_err(|_| invalid())?,
+            None if after.is_empty() => mxsend::DEFAULT_PORT,
+            None => return Err(invalid()),
+        };
+        return Ok((host.to_owned(), port));
+    }
+    if text.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Ok((text.to_owned(), mxsend::DEFAULT_PORT));
+    }
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) => (host, port.parse().map_err(|_| invalid())?),
+        None => (text, mxsend::DEFAULT_PORT),
+    };
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid());
+    }
+    Ok((host.to_owned(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_forms() {
+        assert_eq!(parse_relay("mx.test").unwrap(), ("mx.test".into(), 25));
+        assert_eq!(
+            parse_relay("mx.test:2525").unwrap(),
+            ("mx.test".into(), 2525)
+        );
+        assert_eq!(parse_relay("[::1]:2525").unwrap(), ("::1".into(), 2525));
+        assert_eq!(parse_relay("::1").unwrap(), ("::1".into(), 25));
+        assert!(parse_relay("mx.test:port").is_err());
+        assert!(parse_relay("").is_err());
+    }
+
+    #[test]
+    fn nameserver_forms() {
+        assert_eq!(parse_nameserver("127.0.0.1").unwrap().port(), 53);
+        assert_eq!(parse_nameserver("127.0.0.1:5353").unwrap().port(), 5353);
+        assert_eq!(parse_nameserver("[::1]:5353").unwrap().port(), 5353);
+        assert!(parse_nameserver("dns.example").is_err());
+    }
+}

@@ -1,0 +1,219 @@
+//! `mxsend send`: deliver one message and report each recipient.
+
+use std::io::Write;
+use std::time::Duration;
+
+use mxsend::proto::{Outcome, SessionConfig, Timeouts};
+use mxsend::{
+    ConnectionConfig, Delivery, DeliveryConfig, DeliveryReport, Message, MessageError, MxResolver,
+    Nameserver, ResolverSettings, Route,
+};
+
+use crate::args::{DnsArgs, SendArgs, parse_relay};
+use crate::exit;
+use crate::failure::Failure;
+use crate::input::{self, EnvelopeOptions};
+
+/// Reads the message named by `args` and delivers it.
+///
+/// # Errors
+///
+/// A [`Failure`] for bad input or a resolver that cannot be set up; delivery
+/// failures are in the returned status instead.
+pub async fn run(args: &SendArgs) -> Result<u8, Failure> {
+    let content = input::read_content(args.file.as_deref())?;
+    let report = send_content(content, args).await?;
+    Ok(exit::for_report(&report))
+}
+
+/// Delivers `content` with the envelope and settings of `args`, prints the
+/// report, and returns it. `mxsend demo` calls this too, so that the demo
+/// runs exactly the path of `mxsend send`.
+///
+/// # Errors
+///
+/// A [`Failure`] for an invalid envelope, message or option; nothing is
+/// sent then.
+pub async fn send_content(content: Vec<u8>, args: &SendArgs) -> Result<DeliveryReport, Failure> {
+    let envelope = EnvelopeOptions {
+        from: args.from.as_deref(),
+        to: &args.to,
+        read_recipients: args.read_recipients,
+    };
+    let input = input::prepare(content, &envelope)?;
+    let config = delivery_config(args)?;
+    let message = Message::from_bytes(
+        input.sender,
+        input.recipients,
+        input.content,
+        config.connection.data_policy,
+    )
+    .await
+    .map_err(message_failure)?;
+    let resolver = resolver(&args.dns)?;
+
+    let delivery = Delivery::new(resolver, config);
+    let report = delivery.deliver(&message).await;
+
+    if args.verbose {
+        print_transcript(&report);
+    }
+    if args.json {
+        print_json(&report)?;
+    } else {
+        print_report(&report);
+    }
+    Ok(report)
+}
+
+/// Builds a resolver for the DNS options.
+///
+/// # Errors
+///
+/// A temporary [`Failure`] when the system resolver configuration cannot be
+/// read.
+pub fn resolver(dns: &DnsArgs) -> Result<MxResolver, Failure> {
+    let settings = ResolverSettings {
+        nameserver: dns.nameserver.map_or(Nameserver::System, Nameserver::At),
+        timeout: Duration::from_secs(dns.dns_timeout.max(1)),
+        ..ResolverSettings::default()
+    };
+    MxResolver::new(&settings).map_err(|error| {
+        Failure::new(
+            exit::TEMPORARY,
+            format!("cannot set up the DNS resolver: {error}; check /etc/resolv.conf or give --nameserver IP"),
+        )
+    })
+}
+
+fn delivery_config(args: &SendArgs) -> Result<DeliveryConfig, Failure> {
+    let route = match &args.relay {
+        Some(relay) => {
+            let (host, port) =
+                parse_relay(relay).map_err(|message| Failure::new(exit::USAGE, message))?;
+            Route::Relay { host, port }
+        }
+        None => Route::Mx,
+    };
+    let helo_name = match &args.helo {
+        Some(name) => Some(checked_helo_name(name)?),
+        None => default_helo_name(),
+    };
+    let mut timeouts = Timeouts::default();
+    if let Some(seconds) = args.reply_timeout {
+        let timeout = Duration::from_secs(seconds.max(1));
+        timeouts = Timeouts {
+            greeting: timeout,
+            ehlo: timeout,
+            mail: timeout,
+            rcpt: timeout,
+            data: timeout,
+            data_block: timeout,
+            data_end: timeout,
+            rset: timeout,
+            quit: timeout,
+        };
+    }
+    let connection = ConnectionConfig {
+        helo_name,
+        connect_timeout: Duration::from_secs(args.connect_timeout.max(1)),
+        timeouts,
+        pipelining: !args.no_pipelining,
+        transcript: true,
+        ..ConnectionConfig::default()
+    };
+    Ok(DeliveryConfig {
+        connection,
+        port: args.port,
+        route,
+    })
+}
+
+fn checked_helo_name(name: &str) -> Result<String, Failure> {
+    SessionConfig::new(name)
+        .map(|_| name.to_owned())
+        .map_err(|error| Failure::new(exit::USAGE, format!("invalid --helo: {error}")))
+}
+
+/// This machine's host name when it is fully qualified (contains a dot);
+/// otherwise `None`, so that the connection sends its address literal, as
+/// RFC 5321 section 4.1.4 allows.
+fn default_helo_name() -> Option<String> {
+    let name = gethostname::gethostname().into_string().ok()?;
+    let name = name.trim_end_matches('.');
+    if !name.contains('.') {
+        return None;
+    }
+    SessionConfig::new(name).ok().map(|_| name.to_owned())
+}
+
+fn message_failure(error: MessageError) -> Failure {
+    match error {
+        MessageError::NoRecipients => Failure::new(
+            exit::USAGE,
+            "no recipients: give --to ADDRESS, or -t to read To, Cc and Bcc headers".to_owned(),
+        ),
+        MessageError::Data(error) => Failure::new(
+            exit::DATA_ERROR,
+            format!("message cannot be sent as it is: {error}"),
+        ),
+        other => Failure::new(exit::USAGE, mxsend::delivery::error_chain(&other)),
+    }
+}
+
+fn print_transcript(report: &DeliveryReport) {
+    let mut stderr = std::io::stderr().lock();
+    for attempt in &report.attempts {
+        let server = attempt
+            .server
+            .map_or_else(|| "no address".to_owned(), |server| server.to_string());
+        let _ = writeln!(
+            stderr,
+            "=== {} [{server}]: {}",
+            attempt.host, attempt.result
+        );
+    }
+    for entry in &report.transcript {
+        let _ = writeln!(stderr, "{entry}");
+    }
+}
+
+fn print_report(report: &DeliveryReport) {
+    let mut stdout = std::io::stdout().lock();
+    for recipient in &report.recipients {
+        let mut line = format!("{}: {}", recipient.address, recipient.outcome);
+        if let Some(host) = &recipient.host {
+            line.push_str(&format!(" via {host}"));
+            if let Some(server) = recipient.server {
+                line.push_str(&format!(" [{server}]"));
+            }
+        }
+        line.push_str(&format!(": {}", recipient.reason));
+        let _ = writeln!(stdout, "{line}");
+    }
+    let _ = writeln!(
+        stdout,
+        "{} delivered, {} deferred, {} failed, {} uncertain",
+        report.count(Outcome::Delivered),
+        report.count(Outcome::Deferred),
+        report.count(Outcome::Failed),
+        report.count(Outcome::Uncertain),
+    );
+}
+
+fn print_json(report: &DeliveryReport) -> Result<(), Failure> {
+    let transcript: Vec<String> = report.transcript.iter().map(ToString::to_string).collect();
+    let value = serde_json::json!({
+        "recipients": report.recipients,
+        "attempts": report.attempts,
+        "transcript": transcript,
+    });
+    let text = serde_json::to_string_pretty(&value).map_err(|error| {
+        Failure::new(
+            exit::SOFTWARE,
+            format!("cannot encode the report as JSON: {error}"),
+        )
+    })?;
+    println!("{text}");
+    Ok(())
+}
