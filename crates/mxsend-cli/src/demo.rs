@@ -85,9 +85,9 @@ pub async fn run(args: &DemoArgs) -> Result<u8, Failure> {
     Ok(exit::for_report(&report))
 }
 
-fn start_failure(what: &str, error: &std::io::Error) -> Failure {
+fn start_failure(server: &str, error: &std::io::Error) -> Failure {
     Failure::new(
         exit::SOFTWARE,
-        format!("cannot start the demo {what} on 127.0.0.1: {error}"),
+        format!("cannot start the demo {server} on 127.0.0.1: {error}"),
     )
 }

@@ -36,7 +36,7 @@ pub async fn run(args: &MxArgs) -> Result<u8, Failure> {
     Ok(exit::OK)
 }
 
-/// The domain of `text`, which is a domain or an address.
+/// Extracts the domain from `text`, which is a domain or an address.
 fn domain_of(text: &str) -> Result<String, Failure> {
     if !text.contains('@') {
         return Ok(text.to_owned());

@@ -135,9 +135,9 @@ fn checked_helo_name(name: &str) -> Result<String, Failure> {
         .map_err(|error| Failure::new(exit::USAGE, format!("invalid --helo: {error}")))
 }
 
-/// This machine's host name when it is fully qualified (contains a dot);
-/// otherwise `None`, so that the connection sends its address literal, as
-/// RFC 5321 section 4.1.4 allows.
+/// Returns this machine's host name when it is fully qualified (contains a
+/// dot). Otherwise `None` makes the connection send its address literal,
+/// which RFC 5321 section 4.1.4 allows.
 fn default_helo_name() -> Option<String> {
     let name = gethostname::gethostname().into_string().ok()?;
     let name = name.trim_end_matches('.');

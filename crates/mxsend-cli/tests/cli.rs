@@ -14,8 +14,9 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 const MESSAGE: &str =
     "From: Alice <alice@example.com>\nTo: bob@example.net\nSubject: hello\n\nhello\n.\nworld\n";
 
-/// A DNS zone with `example.net` and `other.test` pointing at 127.0.0.1,
-/// plus the broken domains the exit-status tests need.
+/// Starts a DNS zone in which `example.net` (by MX) and `implicit.test` (by
+/// A record) lead to 127.0.0.1, with the null MX and SERVFAIL domains that
+/// the exit-status tests need.
 async fn start_dns() -> DnsServer {
     let zone = Zone::new()
         .mx("example.net", 10, "mx.example.net")
