@@ -50,6 +50,15 @@ pub enum AddressError {
         /// The address as given.
         address: String,
     },
+    /// The local part is not ASCII, so the address needs a server with
+    /// SMTPUTF8 (RFC 6531).
+    #[error(
+        "address {address:?} has a non-ASCII local part, which only a server with SMTPUTF8 accepts"
+    )]
+    NonAsciiLocalPart {
+        /// The address as given.
+        address: String,
+    },
     /// The local part, the domain or the whole path is too long.
     #[error("address {address:?} is longer than RFC 5321 allows")]
     TooLong {
@@ -119,6 +128,32 @@ impl Address {
     /// (RFC 6531) unless only the domain is and it can be sent as A-labels.
     pub fn is_ascii(&self) -> bool {
         self.text.is_ascii()
+    }
+
+    /// Converts the domain to A-labels (IDNA, RFC 5891), the form a server
+    /// without SMTPUTF8 accepts, such as `user@xn--bcher-kva.example` for
+    /// `user@bücher.example`. The local part is never converted (RFC 6531
+    /// section 3.2).
+    ///
+    /// # Errors
+    ///
+    /// [`AddressError::NonAsciiLocalPart`] when the local part is not
+    /// ASCII, since no conversion exists for it, and
+    /// [`AddressError::InvalidDomain`] when the domain is not a valid IDN.
+    pub fn to_ascii_domain(&self) -> Result<Address, AddressError> {
+        if !self.local_part().is_ascii() {
+            return Err(AddressError::NonAsciiLocalPart {
+                address: self.text.clone(),
+            });
+        }
+        if self.domain().is_ascii() {
+            return Ok(self.clone());
+        }
+        let domain =
+            idna::domain_to_ascii(self.domain()).map_err(|_| AddressError::InvalidDomain {
+                address: self.text.clone(),
+            })?;
+        Address::parse(&format!("{}@{domain}", self.local_part()))
     }
 }
 
@@ -237,6 +272,24 @@ mod tests {
         for input in ["a@-x.test", "a@x..test", "a@[300.1.1.1]", "a@x y.test"] {
             assert!(Address::parse(input).is_err(), "{input}");
         }
+    }
+
+    #[test]
+    fn ascii_domain_conversion() {
+        let address = Address::parse("user@Bücher.example").unwrap();
+        assert_eq!(
+            address.to_ascii_domain().unwrap().as_str(),
+            "user@xn--bcher-kva.example"
+        );
+
+        let ascii = Address::parse("user@example.net").unwrap();
+        assert_eq!(ascii.to_ascii_domain().unwrap(), ascii);
+
+        let utf8_local = Address::parse("jörg@bücher.example").unwrap();
+        assert!(matches!(
+            utf8_local.to_ascii_domain(),
+            Err(AddressError::NonAsciiLocalPart { .. })
+        ));
     }
 
     #[test]

@@ -286,6 +286,11 @@ pub struct RecipientStatus {
     /// The reply that decided the outcome, when the server sent one. `None`
     /// when the session failed first; the session's error says why.
     pub reply: Option<Reply>,
+    /// True when the client refused to send to this recipient because the
+    /// server lacks an extension the message needs (SIZE, 8BITMIME or
+    /// SMTPUTF8). `reply` then contains a reply that the client made up, and
+    /// another server may still accept the message.
+    pub refused_locally: bool,
 }
 
 /// The sender, recipients and content facts of one transaction.
@@ -423,6 +428,12 @@ enum State {
 #[derive(Debug)]
 struct Transaction {
     envelope: Envelope,
+    /// The argument of each recipient's RCPT, with the domain in A-labels
+    /// when the server lacks SMTPUTF8.
+    forward_paths: Vec<String>,
+    /// A reply made up by the client for each recipient it will not send
+    /// to on this connection.
+    refusals: Vec<Option<Reply>>,
     mail_reply: Option<Reply>,
     rcpt_replies: Vec<Option<Reply>>,
     data_reply: Option<Reply>,
@@ -442,10 +453,17 @@ impl Transaction {
             .any(|r| r.as_ref().is_some_and(Reply::is_positive))
     }
 
+    /// Returns the first recipient after `previous` that gets a RCPT command.
+    fn next_rcpt(&self, previous: Option<usize>) -> Option<usize> {
+        let start = previous.map_or(0, |index| index + 1);
+        (start..self.refusals.len()).find(|&index| self.refusals[index].is_none())
+    }
+
     /// Decides each recipient's outcome from the replies received so far.
     fn report(self, interrupted: bool) -> TransactionReport {
         let Transaction {
             envelope,
+            refusals,
             mail_reply,
             rcpt_replies,
             data_reply,
@@ -457,7 +475,17 @@ impl Transaction {
             .recipients
             .into_iter()
             .zip(rcpt_replies)
-            .map(|(address, rcpt_reply)| {
+            .zip(refusals)
+            .map(|((address, rcpt_reply), refusal)| {
+                if let Some(refusal) = refusal {
+                    return RecipientStatus {
+                        address,
+                        outcome: Outcome::Failed,
+                        rcpt_reply: None,
+                        reply: Some(refusal),
+                        refused_locally: true,
+                    };
+                }
                 let (outcome, reply) = decide(
                     mail_reply.as_ref(),
                     rcpt_reply.as_ref(),
@@ -470,6 +498,7 @@ impl Transaction {
                     outcome,
                     rcpt_reply,
                     reply,
+                    refused_locally: false,
                 }
             })
             .collect();
@@ -512,6 +541,124 @@ fn decide(
         None if data_sent => (Outcome::Uncertain, None),
         None => (Outcome::Deferred, None),
     }
+}
+
+/// Builds MAIL FROM with the parameters the server supports and the
+/// message needs.
+fn mail_command(envelope: &Envelope, extensions: &Extensions) -> String {
+    let sender = match &envelope.sender {
+        Some(sender) if !extensions.smtputf8 => sender
+            .to_ascii_domain()
+            .map_or_else(|_| sender.to_string(), |ascii| ascii.to_string()),
+        Some(sender) => sender.to_string(),
+        None => String::new(),
+    };
+    let mut command = format!("MAIL FROM:<{sender}>");
+    // C-8B-05, RFC 1870 section 6: the size with CRLFs, without stuffing.
+    if let (Some(_), Some(size)) = (extensions.size, envelope.size) {
+        command.push_str(&format!(" SIZE={size}"));
+    }
+    // C-8B-02, RFC 6152 section 3. Content with 8-bit octets never reaches a
+    // server without 8BITMIME: plan_recipients refuses it first.
+    if envelope.eight_bit && extensions.eight_bit_mime {
+        command.push_str(" BODY=8BITMIME");
+    }
+    // RFC 6531 section 3.4: only when an address needs it.
+    let needs_utf8 = envelope.sender.iter().any(|a| !a.is_ascii())
+        || envelope.recipients.iter().any(|a| !a.is_ascii());
+    if needs_utf8 && extensions.smtputf8 {
+        command.push_str(" SMTPUTF8");
+    }
+    command
+}
+
+/// Decides, before anything is sent, the RCPT argument of each recipient
+/// and which recipients this server cannot take at all.
+///
+/// Three cases refuse every recipient. The first is a message larger than
+/// the advertised SIZE (C-8B-05, RFC 1870 section 6). The second is 8-bit
+/// content for a server without 8BITMIME, because mxsend does not convert
+/// to 7-bit (C-8B-03, RFC 6152 section 3). The third is a sender with a
+/// non-ASCII local part for a server without SMTPUTF8. Without SMTPUTF8, a
+/// recipient with a non-ASCII local part is refused alone, and one with
+/// only a non-ASCII domain is sent in A-labels (C-8B-04, RFC 6531 section
+/// 3.2).
+fn plan_recipients(
+    envelope: &Envelope,
+    extensions: &Extensions,
+) -> (Vec<String>, Vec<Option<Reply>>) {
+    let count = envelope.recipients.len();
+    let whole = message_refusal(envelope, extensions);
+    let mut forward_paths = Vec::with_capacity(count);
+    let mut refusals = Vec::with_capacity(count);
+    for recipient in &envelope.recipients {
+        if let Some(refusal) = &whole {
+            forward_paths.push(recipient.to_string());
+            refusals.push(Some(refusal.clone()));
+            continue;
+        }
+        if extensions.smtputf8 || recipient.is_ascii() {
+            forward_paths.push(recipient.to_string());
+            refusals.push(None);
+            continue;
+        }
+        match recipient.to_ascii_domain() {
+            Ok(ascii) => {
+                forward_paths.push(ascii.to_string());
+                refusals.push(None);
+            }
+            Err(error) => {
+                forward_paths.push(recipient.to_string());
+                refusals.push(Some(Reply::new(
+                    553,
+                    &[format!(
+                        "5.6.7 not sent: {error} (this server does not offer SMTPUTF8)"
+                    )],
+                )));
+            }
+        }
+    }
+    (forward_paths, refusals)
+}
+
+/// Makes up the reply for a message that cannot go to this server at all,
+/// or returns `None` when it can.
+fn message_refusal(envelope: &Envelope, extensions: &Extensions) -> Option<Reply> {
+    // A SIZE of 0 declares no fixed limit (RFC 1870 section 4).
+    if let (Some(limit), Some(size)) = (extensions.size, envelope.size)
+        && limit > 0
+        && size > limit
+    {
+        return Some(Reply::new(
+            552,
+            &[format!(
+                "5.3.4 not sent: message size {size} exceeds the server's limit of {limit} octets"
+            )],
+        ));
+    }
+    // A server with SMTPUTF8 must support 8BITMIME too (RFC 6531 section
+    // 3.1), so Postfix treats it as 8BITMIME-capable, and so does mxsend.
+    if envelope.eight_bit && !extensions.eight_bit_mime && !extensions.smtputf8 {
+        return Some(Reply::new(
+            554,
+            &[
+                "5.6.3 not sent: the message has 8-bit content and the server does not offer 8BITMIME; \
+               encode the message as 7-bit MIME (quoted-printable or base64) to send it there",
+            ],
+        ));
+    }
+    if let Some(sender) = &envelope.sender
+        && !extensions.smtputf8
+        && let Err(error) = sender.to_ascii_domain()
+    {
+        return Some(Reply::new(
+            553,
+            &[format!(
+                "5.6.7 not sent: the sender {error} (this server does not offer SMTPUTF8)"
+            )],
+        ));
+    }
+    None
 }
 
 /// The client state machine of one connection.
@@ -689,9 +836,13 @@ impl ClientSession {
         }
         let pipelined =
             self.config.pipelining && self.extensions.as_ref().is_some_and(|e| e.pipelining);
-        let mail = self.mail_command(&envelope);
+        let extensions = self.extensions.clone().unwrap_or_default();
         let count = envelope.recipients.len();
-        self.transaction = Some(Transaction {
+        let (forward_paths, refusals) = plan_recipients(&envelope, &extensions);
+
+        let transaction = Transaction {
+            forward_paths,
+            refusals,
             envelope,
             mail_reply: None,
             rcpt_replies: vec![None; count],
@@ -699,16 +850,29 @@ impl ClientSession {
             final_reply: None,
             pipelined,
             data_sent: false,
-        });
+        };
+        if transaction.next_rcpt(None).is_none() {
+            // Nothing goes to the server, so the session stays ready.
+            self.events
+                .push_back(Event::TransactionComplete(transaction.report(false)));
+            self.events.push_back(Event::Ready);
+            return Ok(());
+        }
+
+        let mail = mail_command(&transaction.envelope, &extensions);
+        self.transaction = Some(transaction);
         self.state = State::ExpectReplies;
         self.send_command(&mail, Pending::Mail);
         if pipelined {
-            for index in 0..count {
+            let mut next = self.transaction.as_ref().and_then(|t| t.next_rcpt(None));
+            while let Some(index) = next {
                 self.send_rcpt(index);
+                next = self
+                    .transaction
+                    .as_ref()
+                    .and_then(|t| t.next_rcpt(Some(index)));
             }
-            if count > 0 {
-                self.send_command("DATA", Pending::Data);
-            }
+            self.send_command("DATA", Pending::Data);
         }
         Ok(())
     }
@@ -740,32 +904,11 @@ impl ClientSession {
         }
     }
 
-    fn mail_command(&self, envelope: &Envelope) -> String {
-        let sender = envelope.sender.as_ref().map_or("", Address::as_str);
-        let mut command = format!("MAIL FROM:<{sender}>");
-        if let Some(extensions) = &self.extensions {
-            if let (Some(_), Some(size)) = (extensions.size, envelope.size) {
-                command.push_str(&format!(" SIZE={size}"));
-            }
-            // NOTE: 8-bit content goes out as is to a server without
-            // 8BITMIME; most accept it, and no conversion exists yet.
-            if envelope.eight_bit && extensions.eight_bit_mime {
-                command.push_str(" BODY=8BITMIME");
-            }
-            let needs_utf8 = envelope.sender.iter().any(|a| !a.is_ascii())
-                || envelope.recipients.iter().any(|a| !a.is_ascii());
-            if needs_utf8 && extensions.smtputf8 {
-                command.push_str(" SMTPUTF8");
-            }
-        }
-        command
-    }
-
     fn send_rcpt(&mut self, index: usize) {
         let Some(transaction) = &self.transaction else {
             return;
         };
-        let command = format!("RCPT TO:<{}>", transaction.envelope.recipients[index]);
+        let command = format!("RCPT TO:<{}>", transaction.forward_paths[index]);
         self.send_command(&command, Pending::Rcpt(index));
     }
 
@@ -864,15 +1007,13 @@ impl ClientSession {
             return;
         };
         let ok = reply.is_positive();
-        let pipelined = transaction.pipelined && !transaction.envelope.recipients.is_empty();
         transaction.mail_reply = Some(reply);
-        if pipelined {
+        if transaction.pipelined {
             return;
         }
-        if ok && !transaction.envelope.recipients.is_empty() {
-            self.send_rcpt(0);
-        } else {
-            self.abort_transaction();
+        match transaction.next_rcpt(None) {
+            Some(first) if ok => self.send_rcpt(first),
+            _ => self.abort_transaction(),
         }
     }
 
@@ -884,8 +1025,7 @@ impl ClientSession {
         if transaction.pipelined {
             return;
         }
-        let next = index + 1;
-        if next < transaction.envelope.recipients.len() {
+        if let Some(next) = transaction.next_rcpt(Some(index)) {
             self.send_rcpt(next);
         } else if transaction.any_accepted() {
             self.send_command("DATA", Pending::Data);
