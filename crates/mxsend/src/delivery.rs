@@ -5,10 +5,13 @@
 //! are tried in order (C-MX-05) until every recipient has a final answer.
 //! A connection that fails, a greeting or EHLO that is refused, a 421 or a
 //! connection lost before the final dot moves the recipients still open to
-//! the next address. A reply to RCPT decides that recipient: 5yz fails it,
-//! 4yz defers it (C-TX-03). A connection lost after the final dot makes the
-//! outcome uncertain and the message is not sent again, because the server
-//! may have taken it (RFC 5321 section 6.1).
+//! the next address. A 5yz reply fails the recipients it applies to for
+//! good. A 4yz reply (to MAIL, RCPT, DATA or the final dot) defers them, and
+//! the next address gets another try for them (C-TX-03, C-TX-05). When no
+//! address is left, the last 4yz reply is kept as the reason. A connection
+//! lost after the final dot makes the outcome uncertain and the message is
+//! not sent again, because the server may have taken it (RFC 5321 section
+//! 6.1).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -277,24 +280,25 @@ impl Delivery {
             });
             last_error = format!("{} ({server}): {outcome}", host.name);
         }
+        // A recipient that a server deferred with a reply keeps that reply
+        // as its reason. The others get the last connection error.
         for (index, address) in pending {
-            results.insert(
-                index,
-                RecipientReport {
-                    address: address.to_string(),
-                    outcome: Outcome::Deferred,
-                    reply: None,
-                    reason: last_error.clone(),
-                    host: None,
-                    server: None,
-                    no_such_domain: false,
-                },
-            );
+            results.entry(index).or_insert_with(|| RecipientReport {
+                address: address.to_string(),
+                outcome: Outcome::Deferred,
+                reply: None,
+                reason: last_error.clone(),
+                host: None,
+                server: None,
+                no_such_domain: false,
+            });
         }
     }
 
     /// Tries one address; settles the recipients it gave a final answer
-    /// for and leaves the others in `pending`. Returns what happened.
+    /// for and leaves the others in `pending`. A recipient deferred by a
+    /// reply gets its report now and stays in `pending`, so a later address
+    /// can still deliver it. Returns what happened.
     async fn attempt(
         &self,
         message: &Message,
@@ -355,6 +359,12 @@ impl Delivery {
                     no_such_domain: false,
                 },
             );
+            // A 4yz reply is not final: the next exchanger may accept the
+            // recipient (C-TX-03). Nothing was accepted for it here, so
+            // sending it again cannot duplicate the message.
+            if status.outcome == Outcome::Deferred {
+                still_pending.push((index, address));
+            }
         }
         *pending = still_pending;
 

@@ -1,0 +1,1049 @@
+//! Drives `Delivery`, `MxResolver` and `Connection` against the testkit's
+//! loopback DNS zone and scripted SMTP server.
+//!
+//! Every peer binds 127.0.0.1 or ::1 and is started by the test that uses
+//! it. Connection and reply timeouts are a few seconds, and every test body
+//! runs under `TEST_LIMIT`, so a regression fails instead of hanging.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::Write as _;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use mxsend::proto::data::DataPolicy;
+use mxsend::proto::session::Direction;
+use mxsend::proto::{Address, Outcome, Timeouts, TransactionReport};
+use mxsend::{
+    Connection, ConnectionConfig, Delivery, DeliveryConfig, DeliveryReport, MailSource, Message,
+    MxResolver, MxSource, Nameserver, ResolverSettings, Route,
+};
+use mxsend_testkit::{Action, DnsServer, Point, Script, SessionRecord, SmtpServer, Zone};
+use tokio::net::TcpSocket;
+
+#[path = "../examples/tutorial.rs"]
+#[expect(
+    dead_code,
+    reason = "the example's main function is not called by these tests"
+)]
+mod tutorial;
+
+/// Upper bound for one test body.
+const TEST_LIMIT: Duration = Duration::from_secs(30);
+
+/// Upper bound for each connect, reply and DNS request.
+const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// EHLO name the client under test sends.
+const HELO_NAME: &str = "client.test";
+
+const SENDER: &str = "sender@example.test";
+
+const BODY: &[u8] = b"Subject: test\r\n\r\nHello.\r\n";
+
+/// Runs a test body, failing the test when it takes longer than `TEST_LIMIT`.
+async fn bounded<F: Future<Output = ()>>(body: F) {
+    tokio::time::timeout(TEST_LIMIT, body)
+        .await
+        .expect("test did not finish within TEST_LIMIT");
+}
+
+fn address(text: &str) -> Address {
+    Address::parse(text).expect("valid test address")
+}
+
+async fn message(recipients: &[&str], body: &[u8]) -> Message {
+    Message::from_bytes(
+        Some(address(SENDER)),
+        recipients.iter().map(|r| address(r)).collect(),
+        body.to_vec(),
+        DataPolicy::default(),
+    )
+    .await
+    .expect("valid test message")
+}
+
+fn resolver(dns: &DnsServer) -> MxResolver {
+    MxResolver::new(&ResolverSettings {
+        nameserver: Nameserver::At(dns.addr()),
+        timeout: STEP_TIMEOUT,
+        attempts: 1,
+    })
+    .expect("resolver for the test zone")
+}
+
+fn connection_config() -> ConnectionConfig {
+    ConnectionConfig {
+        helo_name: Some(HELO_NAME.to_owned()),
+        connect_timeout: STEP_TIMEOUT,
+        timeouts: Timeouts {
+            greeting: STEP_TIMEOUT,
+            ehlo: STEP_TIMEOUT,
+            mail: STEP_TIMEOUT,
+            rcpt: STEP_TIMEOUT,
+            data: STEP_TIMEOUT,
+            data_block: STEP_TIMEOUT,
+            data_end: STEP_TIMEOUT,
+            rset: STEP_TIMEOUT,
+            quit: STEP_TIMEOUT,
+        },
+        ..ConnectionConfig::default()
+    }
+}
+
+/// Builds a delivery that sends DNS queries to `dns` and connects to every
+/// exchanger on `port`.
+fn delivery(dns: &DnsServer, port: u16) -> Delivery {
+    Delivery::new(
+        resolver(dns),
+        DeliveryConfig {
+            connection: connection_config(),
+            port,
+            route: Route::Mx,
+        },
+    )
+}
+
+/// Starts a DNS server for `zone` and an SMTP server for `script`, and
+/// returns them with a delivery that uses both.
+async fn peers(zone: Zone, script: Script) -> (DnsServer, SmtpServer, Delivery) {
+    let dns = DnsServer::start(zone).await.expect("test DNS server");
+    let smtp = SmtpServer::start(script).await.expect("test SMTP server");
+    let delivery = delivery(&dns, smtp.addr().port());
+    (dns, smtp, delivery)
+}
+
+/// Waits until the server has seen `count` sessions end, then returns all
+/// session records.
+async fn ended_sessions(smtp: &SmtpServer, count: usize) -> Vec<SessionRecord> {
+    assert!(
+        smtp.wait_for_sessions(count, STEP_TIMEOUT).await,
+        "the SMTP server did not see {count} sessions end"
+    );
+    smtp.sessions()
+}
+
+fn transcript_lines(report: &DeliveryReport) -> Vec<String> {
+    report
+        .transcript
+        .iter()
+        .map(|entry| entry.line.to_string())
+        .collect()
+}
+
+/// Builds a zone where `domain` has two exchangers on 127.0.0.1, `mx1.<domain>` at
+/// preference 10 and `mx2.<domain>` at preference 20, so they are always
+/// tried in that order.
+fn two_exchangers(domain: &str) -> Zone {
+    let first = format!("mx1.{domain}");
+    let second = format!("mx2.{domain}");
+    Zone::new()
+        .mx(domain, 10, &first)
+        .mx(domain, 20, &second)
+        .a(&first, Ipv4Addr::LOCALHOST)
+        .a(&second, Ipv4Addr::LOCALHOST)
+}
+
+/// Builds a zone where `domain` has one exchanger `mx.<domain>` on 127.0.0.1.
+fn one_exchanger(domain: &str) -> Zone {
+    let exchanger = format!("mx.{domain}");
+    Zone::new()
+        .mx(domain, 10, &exchanger)
+        .a(&exchanger, Ipv4Addr::LOCALHOST)
+}
+
+/// Reserves `port` on ::1 with a bound socket that never listens, so that a
+/// connection to `[::1]:port` is refused, and no other program can start
+/// listening there while the socket lives.
+fn refusing_port_on_ipv6_loopback(port: u16) -> std::io::Result<TcpSocket> {
+    let socket = TcpSocket::new_v6()?;
+    socket.bind(SocketAddr::from((Ipv6Addr::LOCALHOST, port)))?;
+    Ok(socket)
+}
+
+/// Builds the zone for the ordering tests, where `a` and `b` share
+/// preference 10 and `c` has 20. Host `a` only has the address ::1, where nothing listens on the
+/// SMTP server's port.
+fn ordering_zone() -> Zone {
+    Zone::new()
+        .mx("order.test", 10, "a.order.test")
+        .mx("order.test", 10, "b.order.test")
+        .mx("order.test", 20, "c.order.test")
+        .aaaa("a.order.test", Ipv6Addr::LOCALHOST)
+        .a("b.order.test", Ipv4Addr::LOCALHOST)
+        .a("c.order.test", Ipv4Addr::LOCALHOST)
+}
+
+// C-MX-04 (RFC 5321 section 5.1): exchangers are sorted by preference and
+// equal preferences are tried in random order.
+#[tokio::test]
+async fn equal_preferences_come_first_in_random_order() {
+    bounded(async {
+        let dns = DnsServer::start(ordering_zone()).await.unwrap();
+        let resolver = resolver(&dns);
+
+        let mut a_first = 0;
+        let mut b_first = 0;
+        // The chance that one of a and b never comes first in 40 shuffles
+        // is about 2 in 2^40.
+        for _ in 0..40 {
+            let plan = resolver.resolve("order.test").await.unwrap();
+            let names: Vec<&str> = plan.hosts.iter().map(|h| h.name.as_str()).collect();
+            assert_eq!(plan.source, MxSource::Mx);
+            assert_eq!(names.len(), 3, "hosts: {names:?}");
+            assert_eq!(names[2], "c.order.test", "hosts: {names:?}");
+            match names[0] {
+                "a.order.test" => a_first += 1,
+                "b.order.test" => b_first += 1,
+                other => panic!("unexpected first host {other}"),
+            }
+        }
+        assert!(a_first > 0, "a never came first");
+        assert!(b_first > 0, "b never came first");
+    })
+    .await;
+}
+
+// C-MX-05 (RFC 5321 section 5.1): when an exchanger refuses the connection
+// the next one in order is tried, and a lower preference only after all
+// better ones.
+#[tokio::test]
+async fn refused_exchanger_falls_back_to_equal_preference() {
+    bounded(async {
+        let dns = DnsServer::start(ordering_zone()).await.unwrap();
+        // The server's port must also be free on ::1, and a few tries find
+        // such a port.
+        let mut reserved = None;
+        for _ in 0..5 {
+            let smtp = SmtpServer::start(Script::new()).await.unwrap();
+            if let Ok(socket) = refusing_port_on_ipv6_loopback(smtp.addr().port()) {
+                reserved = Some((smtp, socket));
+                break;
+            }
+        }
+        let (smtp, _refusing) = reserved.expect("no port free on both 127.0.0.1 and ::1");
+        let port = smtp.addr().port();
+        let delivery = delivery(&dns, port);
+        let message = message(&["rcpt@order.test"], BODY).await;
+
+        // Which of a and b comes first is random, so deliver until a was
+        // tried first. The chance that 30 deliveries all start with b is
+        // about 1 in 10^9.
+        let mut saw_a_first = false;
+        for _ in 0..30 {
+            let report = delivery.deliver(&message).await;
+            let recipient = &report.recipients[0];
+            assert_eq!(recipient.outcome, Outcome::Delivered, "{report:?}");
+            assert_eq!(recipient.host.as_deref(), Some("b.order.test"));
+            assert!(
+                report.attempts.iter().all(|a| a.host != "c.order.test"),
+                "c was tried although b accepted: {:?}",
+                report.attempts
+            );
+            if report.attempts[0].host != "a.order.test" {
+                assert_eq!(report.attempts.len(), 1, "{:?}", report.attempts);
+                continue;
+            }
+            saw_a_first = true;
+            let refused = &report.attempts[0];
+            assert_eq!(
+                refused.server,
+                Some(SocketAddr::from((Ipv6Addr::LOCALHOST, port)))
+            );
+            assert!(
+                refused.result.contains("cannot connect"),
+                "{}",
+                refused.result
+            );
+            assert!(
+                refused.result.to_lowercase().contains("refused"),
+                "{}",
+                refused.result
+            );
+            assert_eq!(report.attempts.len(), 2, "{:?}", report.attempts);
+            assert_eq!(report.attempts[1].host, "b.order.test");
+            break;
+        }
+        assert!(saw_a_first, "a was never tried first");
+        assert!(!smtp.messages().is_empty());
+    })
+    .await;
+}
+
+// C-MX-02 (RFC 5321 section 5.1): a domain without MX records is its own
+// exchanger at preference 0.
+#[tokio::test]
+async fn address_only_domain_is_implicit_mx() {
+    bounded(async {
+        let zone = Zone::new().a("plain.test", Ipv4Addr::LOCALHOST);
+        let (dns, smtp, delivery) = peers(zone, Script::new()).await;
+
+        let plan = resolver(&dns).resolve("plain.test").await.unwrap();
+        assert_eq!(plan.source, MxSource::ImplicitMx);
+        assert_eq!(plan.hosts.len(), 1);
+        assert_eq!(plan.hosts[0].preference, 0);
+
+        let report = delivery
+            .deliver(&message(&["rcpt@plain.test"], BODY).await)
+            .await;
+        let recipient = &report.recipients[0];
+        assert_eq!(recipient.outcome, Outcome::Delivered, "{report:?}");
+        assert_eq!(recipient.host.as_deref(), Some("plain.test"));
+        let stored = smtp.messages();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].rcpt_to, ["rcpt@plain.test"]);
+        assert_eq!(stored[0].data, BODY);
+    })
+    .await;
+}
+
+// C-MX-07 (RFC 7505 section 3): a null MX fails the recipient for good
+// without any connection, even when the domain has an address.
+#[tokio::test]
+async fn null_mx_fails_without_connecting() {
+    bounded(async {
+        let zone = Zone::new()
+            .mx("nullmx.test", 0, ".")
+            .a("nullmx.test", Ipv4Addr::LOCALHOST);
+        let (_dns, smtp, delivery) = peers(zone, Script::new()).await;
+
+        let report = delivery
+            .deliver(&message(&["rcpt@nullmx.test"], BODY).await)
+            .await;
+        let recipient = &report.recipients[0];
+        assert_eq!(recipient.outcome, Outcome::Failed, "{report:?}");
+        assert!(recipient.reason.contains("null MX"), "{}", recipient.reason);
+        assert!(!recipient.no_such_domain);
+        assert!(report.attempts.is_empty(), "{:?}", report.attempts);
+        assert!(smtp.sessions().is_empty());
+    })
+    .await;
+}
+
+// C-MX-02 (RFC 5321 section 5.1): a temporary DNS error defers the
+// recipient and never falls back to the domain's address records.
+#[tokio::test]
+async fn servfail_defers_without_connecting() {
+    bounded(async {
+        let zone = Zone::new()
+            .a("broken.test", Ipv4Addr::LOCALHOST)
+            .servfail("broken.test");
+        let (_dns, smtp, delivery) = peers(zone, Script::new()).await;
+
+        let report = delivery
+            .deliver(&message(&["rcpt@broken.test"], BODY).await)
+            .await;
+        let recipient = &report.recipients[0];
+        assert_eq!(recipient.outcome, Outcome::Deferred, "{report:?}");
+        assert!(
+            recipient.reason.contains("failed temporarily"),
+            "{}",
+            recipient.reason
+        );
+        assert!(!recipient.no_such_domain);
+        assert!(smtp.sessions().is_empty());
+    })
+    .await;
+}
+
+// C-MX-02 (RFC 5321 section 5.1): NXDOMAIN fails the recipient for good.
+#[tokio::test]
+async fn nxdomain_fails_as_no_such_domain() {
+    bounded(async {
+        let zone = Zone::new().a("other.test", Ipv4Addr::LOCALHOST);
+        let (_dns, smtp, delivery) = peers(zone, Script::new()).await;
+
+        let report = delivery
+            .deliver(&message(&["rcpt@missing.test"], BODY).await)
+            .await;
+        let recipient = &report.recipients[0];
+        assert_eq!(recipient.outcome, Outcome::Failed, "{report:?}");
+        assert!(recipient.no_such_domain);
+        assert!(
+            recipient.reason.contains("does not exist"),
+            "{}",
+            recipient.reason
+        );
+        assert!(smtp.sessions().is_empty());
+    })
+    .await;
+}
+
+// C-SES-02 (RFC 5321 section 3.1): after a 554 greeting the client sends
+// QUIT and moves on to the next exchanger.
+#[tokio::test]
+async fn greeting_554_quits_and_uses_next_mx() {
+    bounded(async {
+        let script = Script::new().on(
+            Point::Connect.session(1),
+            Action::reply("554 5.7.1 no service"),
+        );
+        let (_dns, smtp, delivery) = peers(two_exchangers("greet.test"), script).await;
+
+        let report = delivery
+            .deliver(&message(&["rcpt@greet.test"], BODY).await)
+            .await;
+        let recipient = &report.recipients[0];
+        assert_eq!(recipient.outcome, Outcome::Delivered, "{report:?}");
+        assert_eq!(recipient.host.as_deref(), Some("mx2.greet.test"));
+
+        assert_eq!(report.attempts.len(), 2, "{:?}", report.attempts);
+        assert_eq!(report.attempts[0].host, "mx1.greet.test");
+        let why = &report.attempts[0].result;
+        assert!(why.contains("greeting"), "{why}");
+        assert!(why.contains("554 5.7.1 no service"), "{why}");
+
+        let sessions = ended_sessions(&smtp, 2).await;
+        assert_eq!(sessions[0].commands, ["QUIT"]);
+        assert_eq!(smtp.messages().len(), 1);
+    })
+    .await;
+}
+
+// C-SES-03 (RFC 5321 section 4.1.4): after EHLO is rejected with "command
+// not recognized" the client sends HELO, and the transaction goes on without extensions.
+#[tokio::test]
+async fn ehlo_502_falls_back_to_helo() {
+    bounded(async {
+        let script = Script::new().on(
+            Point::Ehlo,
+            Action::reply("502 5.5.2 command not recognized"),
+        );
+        let (_dns, smtp, delivery) = peers(one_exchanger("helo.test"), script).await;
+
+        let report = delivery
+            .deliver(&message(&["rcpt@helo.test"], BODY).await)
+            .await;
+        assert_eq!(
+            report.recipients[0].outcome,
+            Outcome::Delivered,
+            "{report:?}"
+        );
+
+        let sessions = ended_sessions(&smtp, 1).await;
+        assert_eq!(
+            sessions[0].commands,
+            [
+                "EHLO client.test",
+                "HELO client.test",
+                "MAIL FROM:<sender@example.test>",
+                "RCPT TO:<rcpt@helo.test>",
+                "DATA",
+                "QUIT",
+            ]
+        );
+        assert_eq!(smtp.messages()[0].data, BODY);
+    })
+    .await;
+}
+
+// C-REP-01 (RFC 5321 section 4.2.1): a multi-line greeting is one reply,
+// however it is split across TCP segments, and EHLO waits for its last line.
+#[tokio::test]
+async fn greeting_in_three_segments_is_one_reply() {
+    bounded(async {
+        let segments = vec![
+            b"220-mx.split.test first line\r\n".to_vec(),
+            b"220-second line\r\n".to_vec(),
+            b"220 third line\r\n".to_vec(),
+        ];
+        let script = Script::new().on(
+            Point::Connect,
+            Action::ReplyInSegments(segments, Duration::from_millis(50)),
+        );
+        let (_dns, smtp, delivery) = peers(one_exchanger("split.test"), script).await;
+
+        let report = delivery
+            .deliver(&message(&["rcpt@split.test"], BODY).await)
+            .await;
+        assert_eq!(
+            report.recipients[0].outcome,
+            Outcome::Delivered,
+            "{report:?}"
+        );
+        let lines = transcript_lines(&report);
+        assert_eq!(
+            lines[..4],
+            [
+                "<- 220-mx.split.test first line",
+                "<- 220-second line",
+                "<- 220 third line",
+                "-> EHLO client.test",
+            ]
+        );
+        assert_eq!(smtp.messages().len(), 1);
+    })
+    .await;
+}
+
+// C-REP-07 (RFC 2034 section 4, RFC 3463): a multi-line rejection with the
+// enhanced code on every line keeps every line's text and the code once.
+#[tokio::test]
+async fn multiline_550_after_data_is_kept_once() {
+    let rejection = "550-5.7.1 Message rejected by content policy.\r\n\
+                     550-5.7.1 The body matched rule 42.\r\n\
+                     550-5.7.1 Remove the attachment and try again.\r\n\
+                     550-5.7.1 Contact postmaster for help.\r\n\
+                     550 5.7.1 Reference 1234.";
+    let text = "Message rejected by content policy. The body matched rule 42. \
+                Remove the attachment and try again. Contact postmaster for help. \
+                Reference 1234.";
+    // The reply to the DATA command and the reply after the final dot.
+    for point in [Point::Data, Point::DataEnd] {
+        bounded(async {
+            let script = Script::new().on(point, Action::reply(rejection));
+            let (_dns, smtp, delivery) = peers(one_exchanger("policy.test"), script).await;
+
+            let report = delivery
+                .deliver(&message(&["rcpt@policy.test"], BODY).await)
+                .await;
+            let recipient = &report.recipients[0];
+            assert_eq!(recipient.outcome, Outcome::Failed, "{point:?}: {report:?}");
+            let reply = recipient.reply.as_ref().expect("the 550 reply");
+            assert_eq!(reply.code, 550, "{point:?}");
+            assert_eq!(reply.enhanced.as_deref(), Some("5.7.1"), "{point:?}");
+            assert_eq!(reply.text, text, "{point:?}");
+            assert_eq!(recipient.reason, format!("550 5.7.1 {text}"), "{point:?}");
+            assert_eq!(
+                recipient.reason.matches("5.7.1").count(),
+                1,
+                "{point:?}: {}",
+                recipient.reason
+            );
+
+            let server_lines: Vec<String> = report
+                .transcript
+                .iter()
+                .filter(|entry| entry.line.direction == Direction::Server)
+                .map(|entry| entry.line.text.clone())
+                .filter(|line| line.starts_with("550"))
+                .collect();
+            let expected: Vec<&str> = rejection.split("\r\n").collect();
+            assert_eq!(server_lines, expected, "{point:?}");
+            assert!(smtp.messages().is_empty(), "{point:?}");
+        })
+        .await;
+    }
+}
+
+// C-REP-03 (RFC 5321 section 4.2): a reply is judged by its first digit,
+// so an unknown 254 to RCPT accepts the recipient.
+#[tokio::test]
+async fn rcpt_254_is_accepted() {
+    bounded(async {
+        let script = Script::new().on(Point::Rcpt, Action::reply("254 2.1.5 Recipient ok"));
+        let (_dns, smtp, delivery) = peers(one_exchanger("odd.test"), script).await;
+
+        let report = delivery
+            .deliver(&message(&["rcpt@odd.test"], BODY).await)
+            .await;
+        assert_eq!(
+            report.recipients[0].outcome,
+            Outcome::Delivered,
+            "{report:?}"
+        );
+        assert!(
+            transcript_lines(&report).contains(&"<- 254 2.1.5 Recipient ok".to_owned()),
+            "{:?}",
+            report.transcript
+        );
+        let stored = smtp.messages();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].rcpt_to, ["rcpt@odd.test"]);
+    })
+    .await;
+}
+
+// C-DATA-02 (RFC 5321 section 4.5.2): a content line that starts with a
+// dot goes out with the dot doubled, on the first line too, and the server
+// gets the content back unchanged after removing it.
+#[tokio::test]
+async fn dot_lines_are_stuffed_on_the_wire() {
+    bounded(async {
+        let cases: [(&[u8], &[u8], &[u8]); 3] = [
+            (
+                b"hello\r\n.\r\nworld\r\n",
+                b"hello\r\n..\r\nworld\r\n.\r\n",
+                b"hello\r\n.\r\nworld\r\n",
+            ),
+            (
+                b".test\r\nsecond line\r\n",
+                b"..test\r\nsecond line\r\n.\r\n",
+                b".test\r\nsecond line\r\n",
+            ),
+            // C-DATA-01 (RFC 5321 section 2.3.8): LF line ends become CRLF
+            // before the dots are doubled.
+            (
+                b"hello\n.\nworld",
+                b"hello\r\n..\r\nworld\r\n.\r\n",
+                b"hello\r\n.\r\nworld\r\n",
+            ),
+        ];
+        let (_dns, smtp, delivery) = peers(one_exchanger("dots.test"), Script::new()).await;
+
+        for (number, (input, wire, stored)) in cases.into_iter().enumerate() {
+            let report = delivery
+                .deliver(&message(&["rcpt@dots.test"], input).await)
+                .await;
+            assert_eq!(
+                report.recipients[0].outcome,
+                Outcome::Delivered,
+                "case {number}: {report:?}"
+            );
+
+            let sessions = ended_sessions(&smtp, number + 1).await;
+            let mut expected_tail = b"DATA\r\n".to_vec();
+            expected_tail.extend_from_slice(wire);
+            expected_tail.extend_from_slice(b"QUIT\r\n");
+            let received = &sessions[number].received;
+            assert!(
+                received.ends_with(&expected_tail),
+                "case {number}: wire bytes {:?}",
+                String::from_utf8_lossy(received)
+            );
+            assert_eq!(smtp.messages()[number].data, stored, "case {number}");
+        }
+    })
+    .await;
+}
+
+// C-TX-03 (RFC 5321 section 3.3): each recipient's RCPT reply decides that
+// recipient alone, and the message goes to the accepted one.
+#[tokio::test]
+async fn rcpt_550_fails_only_that_recipient() {
+    bounded(async {
+        let script = Script::new().on(
+            Point::Rcpt.containing("<bob@"),
+            Action::reply("550 5.1.1 no such user"),
+        );
+        let (_dns, smtp, delivery) = peers(one_exchanger("two.test"), script).await;
+
+        let report = delivery
+            .deliver(&message(&["alice@two.test", "bob@two.test"], BODY).await)
+            .await;
+        assert_eq!(report.recipients.len(), 2, "{report:?}");
+
+        let alice = &report.recipients[0];
+        assert_eq!(alice.address, "alice@two.test");
+        assert_eq!(alice.outcome, Outcome::Delivered);
+        assert_eq!(alice.reply.as_ref().map(|r| r.code), Some(250));
+        assert_eq!(alice.host.as_deref(), Some("mx.two.test"));
+
+        let bob = &report.recipients[1];
+        assert_eq!(bob.address, "bob@two.test");
+        assert_eq!(bob.outcome, Outcome::Failed);
+        let reply = bob.reply.as_ref().expect("bob's RCPT reply");
+        assert_eq!(reply.code, 550);
+        assert_eq!(reply.enhanced.as_deref(), Some("5.1.1"));
+        assert_eq!(bob.reason, "550 5.1.1 no such user");
+
+        assert_eq!(report.delivered(), 1);
+        let stored = smtp.messages();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].rcpt_to, ["alice@two.test"]);
+    })
+    .await;
+}
+
+// C-TX-07 (RFC 5321 section 3.8): 421 to MAIL closes the session, and the
+// recipients move to the next exchanger.
+#[tokio::test]
+async fn mail_421_moves_to_next_mx() {
+    bounded(async {
+        let script = Script::new().on(
+            Point::Mail.session(1),
+            Action::reply("421 4.3.2 service shutting down"),
+        );
+        let (_dns, smtp, delivery) = peers(two_exchangers("busy.test"), script).await;
+
+        let report = delivery
+            .deliver(&message(&["rcpt@busy.test"], BODY).await)
+            .await;
+        let recipient = &report.recipients[0];
+        assert_eq!(recipient.outcome, Outcome::Delivered, "{report:?}");
+        assert_eq!(recipient.host.as_deref(), Some("mx2.busy.test"));
+        assert_eq!(report.attempts.len(), 2, "{:?}", report.attempts);
+        assert!(
+            report.attempts[0]
+                .result
+                .contains("421 4.3.2 service shutting down"),
+            "{}",
+            report.attempts[0].result
+        );
+
+        let sessions = ended_sessions(&smtp, 2).await;
+        assert_eq!(sessions.len(), 2);
+        assert_eq!(smtp.messages().len(), 1);
+    })
+    .await;
+}
+
+// C-TX-03 (RFC 5321 section 4.2.1): 4yz to RCPT defers only that recipient.
+// With no other exchanger left, it stays deferred with that reply.
+#[tokio::test]
+async fn rcpt_4xx_defers_that_recipient() {
+    bounded(async {
+        let script = Script::new().on(
+            Point::Rcpt.containing("<bob@"),
+            Action::reply("450 4.2.1 mailbox busy"),
+        );
+        let (_dns, smtp, delivery) = peers(one_exchanger("later.test"), script).await;
+
+        let report = delivery
+            .deliver(&message(&["alice@later.test", "bob@later.test"], BODY).await)
+            .await;
+        assert_eq!(report.recipients[0].outcome, Outcome::Delivered);
+
+        let bob = &report.recipients[1];
+        assert_eq!(bob.outcome, Outcome::Deferred, "{report:?}");
+        let reply = bob.reply.as_ref().expect("bob's RCPT reply");
+        assert_eq!(reply.code, 450);
+        assert_eq!(bob.reason, "450 4.2.1 mailbox busy");
+
+        let stored = smtp.messages();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].rcpt_to, ["alice@later.test"]);
+    })
+    .await;
+}
+
+// C-TX-03 (RFC 5321 section 4.2.1, Postfix practice): a recipient deferred
+// by one exchanger is tried at the next one, which gets a transaction for
+// that recipient alone.
+#[tokio::test]
+async fn rcpt_4xx_is_retried_at_next_mx() {
+    bounded(async {
+        let script = Script::new().on(
+            Point::Rcpt.containing("<bob@").session(1),
+            Action::reply("450 4.2.1 mailbox busy"),
+        );
+        let (_dns, smtp, delivery) = peers(two_exchangers("retry.test"), script).await;
+
+        let report = delivery
+            .deliver(&message(&["alice@retry.test", "bob@retry.test"], BODY).await)
+            .await;
+        let alice = &report.recipients[0];
+        let bob = &report.recipients[1];
+        assert_eq!(alice.outcome, Outcome::Delivered, "{report:?}");
+        assert_eq!(alice.host.as_deref(), Some("mx1.retry.test"));
+        assert_eq!(bob.outcome, Outcome::Delivered, "{report:?}");
+        assert_eq!(bob.host.as_deref(), Some("mx2.retry.test"));
+
+        let stored = smtp.messages();
+        assert_eq!(stored.len(), 2);
+        assert_eq!(stored[0].rcpt_to, ["alice@retry.test"]);
+        assert_eq!(stored[1].rcpt_to, ["bob@retry.test"]);
+    })
+    .await;
+}
+
+// C-TX-06 (RFC 5321 section 6.1): a connection lost after the final dot
+// leaves the outcome uncertain, and the message is not sent again.
+#[tokio::test]
+async fn close_after_final_dot_is_uncertain() {
+    bounded(async {
+        let script = Script::new().on(Point::DataEnd, Action::Close);
+        let (_dns, smtp, delivery) = peers(two_exchangers("lost.test"), script).await;
+
+        let report = delivery
+            .deliver(&message(&["rcpt@lost.test"], BODY).await)
+            .await;
+        let recipient = &report.recipients[0];
+        assert_eq!(recipient.outcome, Outcome::Uncertain, "{report:?}");
+        assert_eq!(recipient.host.as_deref(), Some("mx1.lost.test"));
+        assert!(
+            recipient.reason.contains("may have been delivered"),
+            "{}",
+            recipient.reason
+        );
+        assert_eq!(report.attempts.len(), 1, "{:?}", report.attempts);
+
+        let sessions = ended_sessions(&smtp, 1).await;
+        assert_eq!(sessions.len(), 1, "the message was sent again");
+    })
+    .await;
+}
+
+/// A `MailSource` that hands out queued messages and keeps every report.
+struct QueuedSource {
+    messages: VecDeque<Message>,
+    reports: Vec<TransactionReport>,
+    calls: usize,
+}
+
+impl MailSource for QueuedSource {
+    fn next_message(&mut self) -> Option<Message> {
+        self.calls += 1;
+        self.messages.pop_front()
+    }
+
+    fn sent_mail(&mut self, report: &TransactionReport) {
+        self.reports.push(report.clone());
+    }
+}
+
+// C-TX-09 (RFC 5321 section 4.1.1.10): a session that sends several
+// messages ends with QUIT once the source has no more.
+#[tokio::test]
+async fn mail_source_sends_two_messages_then_quits() {
+    bounded(async {
+        let script = Script::new().on(
+            Point::Rcpt.containing("<bob@"),
+            Action::reply("550 5.1.1 no such user"),
+        );
+        let smtp = SmtpServer::start(script).await.unwrap();
+        let mut source = QueuedSource {
+            messages: VecDeque::from([
+                message(&["alice@source.test", "bob@source.test"], BODY).await,
+                message(&["carol@source.test"], b"Subject: second\r\n\r\nAgain.\r\n").await,
+            ]),
+            reports: Vec::new(),
+            calls: 0,
+        };
+
+        let connection = Connection::connect(smtp.addr(), &connection_config())
+            .await
+            .unwrap();
+        connection.run(&mut source).await.unwrap();
+
+        assert_eq!(source.calls, 3, "next_message must be asked until None");
+        assert_eq!(source.reports.len(), 2);
+
+        let first = &source.reports[0];
+        assert_eq!(first.accepted(), 1);
+        let codes: Vec<Option<u16>> = first
+            .recipients
+            .iter()
+            .map(|r| r.rcpt_reply.as_ref().map(|reply| reply.code()))
+            .collect();
+        assert_eq!(codes, [Some(250), Some(550)]);
+        assert_eq!(first.recipients[0].outcome, Outcome::Delivered);
+        assert_eq!(first.recipients[1].outcome, Outcome::Failed);
+        assert_eq!(first.final_reply.as_ref().map(|r| r.code()), Some(250));
+
+        let second = &source.reports[1];
+        assert_eq!(second.accepted(), 1);
+        assert_eq!(second.recipients[0].outcome, Outcome::Delivered);
+        assert_eq!(second.final_reply.as_ref().map(|r| r.code()), Some(250));
+
+        let sessions = ended_sessions(&smtp, 1).await;
+        assert_eq!(sessions.len(), 1, "both messages use one connection");
+        let commands = &sessions[0].commands;
+        assert_eq!(commands.last().map(String::as_str), Some("QUIT"));
+        assert_eq!(
+            commands.iter().filter(|c| c.starts_with("MAIL ")).count(),
+            2
+        );
+
+        let stored = smtp.messages();
+        assert_eq!(stored.len(), 2);
+        assert_eq!(stored[0].rcpt_to, ["alice@source.test"]);
+        assert_eq!(stored[1].rcpt_to, ["carol@source.test"]);
+        assert_eq!(stored[1].data, b"Subject: second\r\n\r\nAgain.\r\n");
+    })
+    .await;
+}
+
+// C-8B-05 (RFC 1870, the SIZE parameter of MAIL): content read from a file
+// in chunks arrives byte for byte, and SIZE= announces its size. RFC 1870
+// counts the content without the dots added by dot-stuffing, which here is
+// the file's length.
+// NOTE: `Message::wire_size` has counted the stuffing dots too, so the test
+// accepts up to one octet more per line that starts with a dot.
+#[tokio::test]
+async fn large_file_arrives_intact() {
+    bounded(async {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        let mut content = b"Subject: large\r\n\r\n".to_vec();
+        for number in 0..60_000 {
+            // Every 7th line starts with a dot, so every 64 KiB chunk that
+            // the reader takes has lines to dot-stuff.
+            let dot = if number % 7 == 0 { "." } else { "" };
+            content.extend_from_slice(
+                format!("{dot}line {number:06} of a message that is a few megabytes long\r\n")
+                    .as_bytes(),
+            );
+        }
+        assert!(content.len() > 3_000_000, "{} bytes", content.len());
+        file.write_all(&content).unwrap();
+        file.flush().unwrap();
+
+        let (_dns, smtp, delivery) = peers(one_exchanger("big.test"), Script::new()).await;
+        let message = Message::from_file(
+            Some(address(SENDER)),
+            vec![address("rcpt@big.test")],
+            file.path(),
+            DataPolicy::default(),
+        )
+        .await
+        .unwrap();
+        let dot_lines = content
+            .split(|&b| b == b'\n')
+            .filter(|l| l.starts_with(b"."))
+            .count() as u64;
+        let exact_size = content.len() as u64;
+        assert!(
+            message.wire_size() >= exact_size,
+            "SIZE {} is below the content length {exact_size}",
+            message.wire_size()
+        );
+        assert!(
+            message.wire_size() <= exact_size + dot_lines,
+            "SIZE {} is above the content length {exact_size} plus {dot_lines} dots",
+            message.wire_size()
+        );
+
+        let report = delivery.deliver(&message).await;
+        assert_eq!(
+            report.recipients[0].outcome,
+            Outcome::Delivered,
+            "{report:?}"
+        );
+        let stored = smtp.messages();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(
+            stored[0].mail_params,
+            format!("SIZE={}", message.wire_size())
+        );
+        assert!(stored[0].data == content, "the stored content differs");
+    })
+    .await;
+}
+
+/// Runs the tutorial example against `dns` and `smtp` and returns its
+/// output line or error line.
+async fn run_tutorial(dns: &DnsServer, smtp: &SmtpServer) -> Result<String, String> {
+    let args = [
+        "--nameserver".to_owned(),
+        dns.addr().to_string(),
+        "--port".to_owned(),
+        smtp.addr().port().to_string(),
+    ];
+    tutorial::run(args).await
+}
+
+fn tutorial_zone() -> Zone {
+    Zone::new()
+        .mx("example.net", 10, "mail.example.net")
+        .a("mail.example.net", Ipv4Addr::LOCALHOST)
+}
+
+#[tokio::test]
+async fn tutorial_sends_its_message() {
+    bounded(async {
+        let (dns, smtp, _delivery) = peers(tutorial_zone(), Script::new()).await;
+
+        let result = run_tutorial(&dns, &smtp).await;
+        assert_eq!(
+            tutorial::exit_code(&result),
+            std::process::ExitCode::SUCCESS
+        );
+        let output = result.unwrap();
+        assert_eq!(
+            output,
+            "message accepted for 1 of 1 recipients by mail.example.net: 250 2.0.0 Ok: queued"
+        );
+
+        let stored = smtp.messages();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].mail_from, "tutorial_sender@example.com");
+        assert_eq!(stored[0].rcpt_to, ["tutorial_recipient@example.net"]);
+        assert_eq!(
+            stored[0].data,
+            b"Date: Fri, 6 Feb 2004 10:14:39 -0800\r\n\
+              From: Tutorial Guy <tutorial_sender@example.com>\r\n\
+              To: Tutorial Gal <tutorial_recipient@example.net>\r\n\
+              Subject: Tutorate!\r\n\
+              \r\n\
+              Hello, how are you, goodbye.\r\n"
+        );
+        let sessions = ended_sessions(&smtp, 1).await;
+        assert_eq!(sessions[0].commands[0], "EHLO example.com");
+        assert_eq!(
+            sessions[0].commands.last().map(String::as_str),
+            Some("QUIT")
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tutorial_reports_rejection_in_one_line() {
+    // A rejection of the recipient, of the content and of the whole session.
+    let cases = [
+        (Point::Rcpt, "550 5.1.1 no such user"),
+        (Point::DataEnd, "554 5.6.0 content rejected"),
+        (Point::Connect, "554 5.7.1 no service"),
+    ];
+    for (point, rejection) in cases {
+        bounded(async {
+            let script = Script::new().on(point, Action::reply(rejection));
+            let (dns, smtp, _delivery) = peers(tutorial_zone(), script).await;
+
+            let result = run_tutorial(&dns, &smtp).await;
+            assert_eq!(
+                tutorial::exit_code(&result),
+                std::process::ExitCode::FAILURE,
+                "{point:?}"
+            );
+            let error = result.unwrap_err();
+            assert!(error.contains(rejection), "{point:?}: {error}");
+            assert!(!error.contains('\n'), "{point:?}: {error:?}");
+            assert!(smtp.messages().is_empty(), "{point:?}");
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn tutorial_reports_missing_domain_in_one_line() {
+    bounded(async {
+        let zone = Zone::new().a("other.test", Ipv4Addr::LOCALHOST);
+        let (dns, smtp, _delivery) = peers(zone, Script::new()).await;
+
+        let result = run_tutorial(&dns, &smtp).await;
+        assert_eq!(
+            tutorial::exit_code(&result),
+            std::process::ExitCode::FAILURE
+        );
+        let error = result.unwrap_err();
+        assert!(error.contains("example.net does not exist"), "{error}");
+        assert!(!error.contains('\n'), "{error:?}");
+        assert!(smtp.sessions().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tutorial_rejects_bad_arguments_before_network() {
+    let cases: [&[&str]; 5] = [
+        &["--port", "not-a-port"],
+        &["--port", "0"],
+        &["--port"],
+        &["--nameserver", "localhost"],
+        &["--verbose"],
+    ];
+    bounded(async {
+        // Valid loopback options come first, so that an argument accepted
+        // by mistake can only reach these test peers.
+        let (dns, smtp, _delivery) = peers(tutorial_zone(), Script::new()).await;
+        let valid = [
+            "--nameserver".to_owned(),
+            dns.addr().to_string(),
+            "--port".to_owned(),
+            smtp.addr().port().to_string(),
+        ];
+        for case in cases {
+            let mut args = valid.to_vec();
+            args.extend(case.iter().map(|arg| (*arg).to_owned()));
+            let error = tutorial::run(args)
+                .await
+                .expect_err("invalid arguments must fail");
+            assert!(error.contains(case[0]), "{case:?}: {error}");
+            assert!(!error.contains('\n'), "{case:?}: {error:?}");
+        }
+        assert_eq!(dns.query_count(), 0, "a DNS query was sent");
+        assert!(smtp.sessions().is_empty(), "an SMTP session was opened");
+    })
+    .await;
+}
