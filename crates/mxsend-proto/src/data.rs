@@ -22,6 +22,9 @@
 //!   end with a line break, then the marker `.` CRLF. Empty content gives just
 //!   `.\r\n`. No CRLF is added after content that ends with a line break, because
 //!   that would append an empty line (RFC 5321 section 4.1.1.4).
+//! - **BDAT** (RFC 3030). [`DataEncoder::for_bdat`] applies the same line
+//!   break and line length rules but adds no stuffing dots and no end marker,
+//!   because BDAT gives the length of each chunk instead.
 //! - **Line length** (RFC 5321 section 4.5.3.1.6). The length of a line is the
 //!   number of content octets between two line breaks, without the break and
 //!   without a dot added by dot-stuffing. RFC 5321 allows 1000 octets including
@@ -246,6 +249,7 @@ struct LineState {
 /// [`LineSink`] that writes the wire form to `out`.
 struct WireWriter<'a> {
     policy: DataPolicy,
+    dot_stuffing: bool,
     line: &'a mut LineState,
     out: &'a mut Vec<u8>,
 }
@@ -254,7 +258,7 @@ impl LineSink for WireWriter<'_> {
     type Error = DataError;
 
     fn text(&mut self, run: &[u8]) -> Result<(), DataError> {
-        if self.line.length == 0 && run[0] == b'.' {
+        if self.dot_stuffing && self.line.length == 0 && run[0] == b'.' {
             self.out.push(b'.');
         }
         let limit = self.policy.max_line_length;
@@ -323,6 +327,8 @@ enum Status {
 #[derive(Debug, Clone)]
 pub struct DataEncoder {
     policy: DataPolicy,
+    /// Dot-stuffing and the end-of-data line, off for BDAT.
+    dot_transparency: bool,
     line: LineState,
     after_cr: bool,
     input_len: u64,
@@ -345,10 +351,26 @@ impl DataEncoder {
         );
         Self {
             policy,
+            dot_transparency: true,
             line: LineState::default(),
             after_cr: false,
             input_len: 0,
             status: Status::Open,
+        }
+    }
+
+    /// Creates an encoder for content sent in BDAT chunks (RFC 3030): line
+    /// breaks become CRLF and long lines follow `policy` as with
+    /// [`DataEncoder::new`], but no line is dot-stuffed and
+    /// [`finish`](Self::finish) adds no end-of-data line.
+    ///
+    /// # Panics
+    ///
+    /// As [`DataEncoder::new`].
+    pub fn for_bdat(policy: DataPolicy) -> Self {
+        Self {
+            dot_transparency: false,
+            ..Self::new(policy)
         }
     }
 
@@ -390,6 +412,7 @@ impl DataEncoder {
         let mut after_cr = self.after_cr;
         let mut writer = WireWriter {
             policy: self.policy,
+            dot_stuffing: self.dot_transparency,
             line: &mut line,
             out,
         };
@@ -430,7 +453,9 @@ impl DataEncoder {
             self.line.breaks += 1;
         }
         self.after_cr = false;
-        out.extend_from_slice(b".\r\n");
+        if self.dot_transparency {
+            out.extend_from_slice(b".\r\n");
+        }
         self.status = Status::Finished;
         Ok(())
     }
@@ -460,6 +485,7 @@ pub struct ContentScan {
     line_length: usize,
     longest_line: usize,
     wire_size: u64,
+    stuffing_dots: u64,
     has_8bit: bool,
 }
 
@@ -495,6 +521,14 @@ impl ContentScan {
         self.wire_size + unterminated
     }
 
+    /// Returns the message size that `SIZE=` declares (RFC 1870 section 3):
+    /// the octets with every line break counted as CRLF, without the dots
+    /// added by dot-stuffing and without the end-of-data line. It is also the
+    /// exact number of octets that BDAT sends under [`LongLines::Reject`].
+    pub fn message_size(&self) -> u64 {
+        self.wire_size() - self.stuffing_dots
+    }
+
     /// Returns the length in octets of the longest line seen so far, not counting
     /// the line break or a dot added by dot-stuffing. This is the length that
     /// [`DataPolicy::max_line_length`] limits.
@@ -509,6 +543,7 @@ impl LineSink for ContentScan {
     fn text(&mut self, run: &[u8]) -> Result<(), Infallible> {
         if self.line_length == 0 && run[0] == b'.' {
             self.wire_size += 1;
+            self.stuffing_dots += 1;
         }
         self.wire_size += run.len() as u64;
         self.line_length = self.line_length.saturating_add(run.len());

@@ -86,6 +86,11 @@ pub struct SessionConfig {
     pub helo_fallback: bool,
     /// Pipeline commands when the server advertises PIPELINING. Default true.
     pub pipelining: bool,
+    /// Send content with BDAT when the server advertises CHUNKING (RFC
+    /// 3030) instead of DATA. Default false, because the driver must then
+    /// call [`ClientSession::bdat`] for each chunk instead of writing
+    /// dot-stuffed data.
+    pub chunking: bool,
     /// Keep a transcript of commands and replies. Default true.
     pub transcript: bool,
 }
@@ -113,6 +118,7 @@ impl SessionConfig {
             reply_limits: ReplyLimits::default(),
             helo_fallback: true,
             pipelining: true,
+            chunking: false,
             transcript: true,
         })
     }
@@ -389,6 +395,10 @@ enum Pending {
     DataEnd {
         discard: bool,
     },
+    /// A BDAT chunk; `last` for the one with LAST.
+    Bdat {
+        last: bool,
+    },
     Rset,
     Quit,
 }
@@ -401,7 +411,8 @@ impl Pending {
             Pending::Mail => Phase::Mail,
             Pending::Rcpt(_) => Phase::Rcpt,
             Pending::Data => Phase::Data,
-            Pending::DataEnd { .. } => Phase::DataEnd,
+            Pending::DataEnd { .. } | Pending::Bdat { last: true } => Phase::DataEnd,
+            Pending::Bdat { last: false } => Phase::DataBlock,
             Pending::Rset => Phase::Rset,
             Pending::Quit => Phase::Quit,
         }
@@ -439,6 +450,8 @@ struct Transaction {
     data_reply: Option<Reply>,
     final_reply: Option<Reply>,
     pipelined: bool,
+    /// Content goes in BDAT chunks instead of after DATA.
+    chunked: bool,
     data_sent: bool,
 }
 
@@ -469,6 +482,7 @@ impl Transaction {
             data_reply,
             final_reply,
             data_sent,
+            chunked,
             ..
         } = self;
         let recipients = envelope
@@ -492,6 +506,7 @@ impl Transaction {
                     data_reply.as_ref(),
                     final_reply.as_ref(),
                     data_sent,
+                    chunked,
                 );
                 RecipientStatus {
                     address,
@@ -523,6 +538,7 @@ fn decide(
     data: Option<&Reply>,
     end: Option<&Reply>,
     data_sent: bool,
+    chunked: bool,
 ) -> (Outcome, Option<Reply>) {
     for reply in [mail, rcpt] {
         match reply {
@@ -531,9 +547,11 @@ fn decide(
             None => return (Outcome::Deferred, None),
         }
     }
+    // With BDAT there is no DATA, and `data` is the reply to a refused chunk.
     match data {
-        Some(reply) if reply.is_intermediate() => {}
+        Some(reply) if reply.is_intermediate() && !chunked => {}
         Some(reply) => return (Outcome::of_reply(reply), Some(reply.clone())),
+        None if chunked => {}
         None => return (Outcome::Deferred, None),
     }
     match end {
@@ -837,6 +855,7 @@ impl ClientSession {
         let pipelined =
             self.config.pipelining && self.extensions.as_ref().is_some_and(|e| e.pipelining);
         let extensions = self.extensions.clone().unwrap_or_default();
+        let chunked = self.config.chunking && extensions.chunking;
         let count = envelope.recipients.len();
         let (forward_paths, refusals) = plan_recipients(&envelope, &extensions);
 
@@ -849,6 +868,7 @@ impl ClientSession {
             data_reply: None,
             final_reply: None,
             pipelined,
+            chunked,
             data_sent: false,
         };
         if transaction.next_rcpt(None).is_none() {
@@ -872,7 +892,9 @@ impl ClientSession {
                     .as_ref()
                     .and_then(|t| t.next_rcpt(Some(index)));
             }
-            self.send_command("DATA", Pending::Data);
+            if !chunked {
+                self.send_command("DATA", Pending::Data);
+            }
         }
         Ok(())
     }
@@ -889,6 +911,54 @@ impl ClientSession {
         self.record(Direction::Client, ".".to_owned());
         self.pending.push_back(Pending::DataEnd { discard: false });
         self.state = State::ExpectReplies;
+    }
+
+    /// Whether the driver should go on sending content: true from
+    /// [`Event::SendData`] until the last chunk, and false as soon as the
+    /// server refused a BDAT chunk.
+    pub fn is_sending_data(&self) -> bool {
+        matches!(self.state, State::SendingData)
+    }
+
+    /// Whether the open transaction sends its content with BDAT, so the
+    /// driver calls [`ClientSession::bdat`] for each chunk after
+    /// [`Event::SendData`] instead of [`ClientSession::data_sent`].
+    pub fn is_chunking(&self) -> bool {
+        self.transaction.as_ref().is_some_and(|t| t.chunked)
+    }
+
+    /// Returns the command to write just before a chunk of `size` octets,
+    /// `BDAT size` or `BDAT size LAST` (RFC 3030 section 2). The content
+    /// must come from [`DataEncoder::for_bdat`](crate::data::DataEncoder::for_bdat),
+    /// and the sizes must add up to what it produced. After the last chunk
+    /// the session waits for the final reply.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::NotReady`] outside a chunked data phase, including
+    /// after the server refused an earlier chunk.
+    pub fn bdat(&mut self, size: u64, last: bool) -> Result<Vec<u8>, SessionError> {
+        if !(matches!(self.state, State::SendingData) && self.is_chunking()) {
+            return Err(SessionError::NotReady {
+                phase: self.phase(),
+            });
+        }
+        let command = if last {
+            format!("BDAT {size} LAST")
+        } else {
+            format!("BDAT {size}")
+        };
+        self.record(Direction::Client, command.clone());
+        self.pending.push_back(Pending::Bdat { last });
+        if last {
+            if let Some(transaction) = &mut self.transaction {
+                transaction.data_sent = true;
+            }
+            self.state = State::ExpectReplies;
+        }
+        let mut bytes = command.into_bytes();
+        bytes.extend_from_slice(b"\r\n");
+        Ok(bytes)
     }
 
     /// Ends the session with QUIT. Valid between transactions; elsewhere it
@@ -962,6 +1032,7 @@ impl ClientSession {
             Pending::Rcpt(index) => self.handle_rcpt(index, reply),
             Pending::Data => self.handle_data(reply),
             Pending::DataEnd { discard } => self.handle_data_end(reply, discard),
+            Pending::Bdat { last } => self.handle_bdat(reply, last),
             Pending::Rset => self.handle_rset(reply),
             Pending::Quit => self.close(Ok(())),
         }
@@ -1022,15 +1093,25 @@ impl ClientSession {
             return;
         };
         transaction.rcpt_replies[index] = Some(reply);
-        if transaction.pipelined {
+        let next = transaction.next_rcpt(Some(index));
+        if transaction.pipelined && !transaction.chunked {
             return;
         }
-        if let Some(next) = transaction.next_rcpt(Some(index)) {
-            self.send_rcpt(next);
-        } else if transaction.any_accepted() {
-            self.send_command("DATA", Pending::Data);
-        } else {
+        if let Some(next) = next {
+            if !transaction.pipelined {
+                self.send_rcpt(next);
+            }
+            return;
+        }
+        // The last RCPT reply: DATA, the first BDAT, or RSET.
+        let usable = transaction.mail_ok() && transaction.any_accepted();
+        if !usable {
             self.abort_transaction();
+        } else if transaction.chunked {
+            self.state = State::SendingData;
+            self.events.push_back(Event::SendData);
+        } else {
+            self.send_command("DATA", Pending::Data);
         }
     }
 
@@ -1068,6 +1149,46 @@ impl ClientSession {
         let report = transaction.report(false);
         self.events.push_back(Event::TransactionComplete(report));
         self.become_ready();
+    }
+
+    /// Handles the reply to one BDAT chunk. A refused chunk ends the data
+    /// phase: the driver stops sending, and once every chunk sent has its
+    /// reply, RSET clears the server's state (RFC 3030 section 2).
+    fn handle_bdat(&mut self, reply: Reply, last: bool) {
+        let Some(transaction) = &mut self.transaction else {
+            return;
+        };
+        let refused = !reply.is_positive();
+        if last {
+            transaction.final_reply = Some(reply);
+        } else if refused && transaction.data_reply.is_none() {
+            transaction.data_reply = Some(reply);
+        }
+        if transaction.data_reply.is_some() && matches!(self.state, State::SendingData) {
+            self.state = State::ExpectReplies;
+        }
+        let chunks_pending = self
+            .pending
+            .iter()
+            .any(|pending| matches!(pending, Pending::Bdat { .. }));
+        if chunks_pending || matches!(self.state, State::SendingData) {
+            return;
+        }
+        let Some(transaction) = self.transaction.take() else {
+            return;
+        };
+        let completed = transaction
+            .final_reply
+            .as_ref()
+            .is_some_and(Reply::is_positive)
+            && transaction.data_reply.is_none();
+        self.events
+            .push_back(Event::TransactionComplete(transaction.report(false)));
+        if completed {
+            self.become_ready();
+        } else {
+            self.send_command("RSET", Pending::Rset);
+        }
     }
 
     /// Ends a transaction that will send no content and resets the server

@@ -845,3 +845,31 @@ proptest! {
         let _ = decode(&wire);
     }
 }
+
+/// BDAT (RFC 3030) carries the length of each chunk, so its encoder keeps
+/// the CRLF rules but adds no stuffing dot and no end-of-data line.
+#[test]
+fn bdat_encoder_has_no_dots_and_no_marker() {
+    let mut encoder = DataEncoder::for_bdat(DataPolicy::default());
+    let mut wire = Vec::new();
+    encoder.encode(b".first\n.\nlast", &mut wire).unwrap();
+    encoder.finish(&mut wire).unwrap();
+    assert_eq!(wire, b".first\r\n.\r\nlast\r\n");
+}
+
+/// The SIZE= value counts CRLF line breaks but no stuffing dots (RFC 1870
+/// section 3), and equals what the BDAT encoder sends.
+#[test]
+fn message_size_excludes_stuffing_dots() {
+    let content = b".first\n.\nlast";
+    let mut scan = ContentScan::new();
+    scan.update(content);
+    assert_eq!(scan.wire_size(), 19);
+    assert_eq!(scan.message_size(), 17);
+
+    let mut encoder = DataEncoder::for_bdat(DataPolicy::default());
+    let mut wire = Vec::new();
+    encoder.encode(content, &mut wire).unwrap();
+    encoder.finish(&mut wire).unwrap();
+    assert_eq!(wire.len() as u64, scan.message_size());
+}

@@ -285,3 +285,136 @@ fn all_recipients_refused_sends_nothing() {
     assert!(report.recipients.iter().all(|r| r.refused_locally));
     assert!(session.is_ready());
 }
+
+/// Brings a session with chunking enabled to Ready.
+fn ready_chunking(keywords: &[&str]) -> ClientSession {
+    let mut config = SessionConfig::new("client.test").unwrap();
+    config.chunking = true;
+    let mut session = ClientSession::new(config);
+    session.handle_input(b"220 mx.test ESMTP\r\n");
+    sent(&mut session);
+    let mut ehlo = String::from("250-mx.test\r\n");
+    for keyword in keywords {
+        ehlo.push_str(&format!("250-{keyword}\r\n"));
+    }
+    ehlo.push_str("250 HELP\r\n");
+    session.handle_input(ehlo.as_bytes());
+    assert_eq!(take_events(&mut session), [Event::Ready]);
+    session
+}
+
+/// C-EXT-02, RFC 3030 section 2: with CHUNKING the content goes in BDAT
+/// commands with exact sizes and LAST on the final one, and no DATA.
+#[test]
+fn bdat_chunks_replace_data() {
+    let mut session = ready_chunking(&["PIPELINING", "CHUNKING"]);
+    session
+        .start_transaction(envelope("a@client.test", &["b@mx.test"], 10, false))
+        .unwrap();
+    assert_eq!(
+        sent(&mut session),
+        "MAIL FROM:<a@client.test>\r\nRCPT TO:<b@mx.test>\r\n",
+        "no DATA with BDAT"
+    );
+    session.handle_input(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n");
+    assert_eq!(take_events(&mut session), [Event::SendData]);
+    assert!(session.is_chunking());
+
+    assert_eq!(session.bdat(6, false).unwrap(), b"BDAT 6\r\n");
+    assert!(session.is_sending_data());
+    assert_eq!(session.bdat(4, true).unwrap(), b"BDAT 4 LAST\r\n");
+    assert!(!session.is_sending_data());
+    session.handle_input(b"250 2.0.0 6 octets received\r\n250 2.0.0 queued\r\n");
+
+    let events = take_events(&mut session);
+    assert_eq!(events.last(), Some(&Event::Ready));
+    let report = report(events);
+    assert_eq!(report.recipients[0].outcome, Outcome::Delivered);
+    assert_eq!(report.final_reply.as_ref().unwrap().text(), "queued");
+}
+
+/// Without CHUNKING advertised, or with chunking off, DATA is used.
+#[test]
+fn data_used_without_chunking() {
+    let commands = accepted_commands(
+        &["PIPELINING"],
+        envelope("a@client.test", &["b@mx.test"], 10, false),
+    );
+    assert!(commands.iter().any(|c| c.ends_with("DATA")), "{commands:?}");
+
+    let mut session = ready(&["CHUNKING"]);
+    session
+        .start_transaction(envelope("a@client.test", &["b@mx.test"], 10, false))
+        .unwrap();
+    assert!(!session.is_chunking(), "chunking is off by default");
+}
+
+/// A refused chunk ends the data phase: the driver stops, the recipients
+/// get the refusal, and RSET resets the server.
+#[test]
+fn bdat_refused_chunk_stops_and_resets() {
+    let mut session = ready_chunking(&["CHUNKING"]);
+    session
+        .start_transaction(envelope("a@client.test", &["b@mx.test"], 10, false))
+        .unwrap();
+    sent(&mut session);
+    session.handle_input(b"250 2.1.0 Ok\r\n");
+    sent(&mut session);
+    session.handle_input(b"250 2.1.5 Ok\r\n");
+    assert_eq!(take_events(&mut session), [Event::SendData]);
+
+    session.bdat(6, false).unwrap();
+    session.handle_input(b"552 5.3.4 message too big\r\n");
+
+    assert!(!session.is_sending_data(), "the driver must stop sending");
+    assert!(session.bdat(4, true).is_err());
+    let report = report(take_events(&mut session));
+    assert_eq!(report.recipients[0].outcome, Outcome::Failed);
+    assert_eq!(report.recipients[0].reply.as_ref().unwrap().code(), 552);
+    assert_eq!(sent(&mut session), "RSET\r\n");
+    session.handle_input(b"250 2.0.0 Ok\r\n");
+    assert_eq!(take_events(&mut session), [Event::Ready]);
+}
+
+/// Every RCPT refused: no BDAT at all, RSET instead.
+#[test]
+fn bdat_not_sent_when_every_rcpt_refused() {
+    let mut session = ready_chunking(&["PIPELINING", "CHUNKING"]);
+    session
+        .start_transaction(envelope(
+            "a@client.test",
+            &["b@mx.test", "c@mx.test"],
+            10,
+            false,
+        ))
+        .unwrap();
+    sent(&mut session);
+    session.handle_input(b"250 2.1.0 Ok\r\n550 5.1.1 no\r\n550 5.1.1 no\r\n");
+
+    let report = report(take_events(&mut session));
+    assert!(
+        report
+            .recipients
+            .iter()
+            .all(|r| r.outcome == Outcome::Failed)
+    );
+    assert_eq!(sent(&mut session), "RSET\r\n");
+}
+
+/// The connection lost after BDAT LAST and before its reply: the message
+/// may have been delivered (RFC 5321 section 6.1).
+#[test]
+fn bdat_last_without_reply_is_uncertain() {
+    let mut session = ready_chunking(&["PIPELINING", "CHUNKING"]);
+    session
+        .start_transaction(envelope("a@client.test", &["b@mx.test"], 10, false))
+        .unwrap();
+    sent(&mut session);
+    session.handle_input(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n");
+    take_events(&mut session);
+    session.bdat(10, true).unwrap();
+    session.handle_eof();
+
+    let report = report(take_events(&mut session));
+    assert_eq!(report.recipients[0].outcome, Outcome::Uncertain);
+}
