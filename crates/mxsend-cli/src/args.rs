@@ -87,6 +87,10 @@ pub struct SendArgs {
     /// Never pipeline commands, even when the server offers PIPELINING.
     #[arg(long)]
     pub no_pipelining: bool,
+    /// Send the content after DATA, even when the server offers CHUNKING
+    /// (BDAT).
+    #[arg(long)]
+    pub no_chunking: bool,
     /// Print the report as JSON on standard output.
     #[arg(long)]
     pub json: bool,

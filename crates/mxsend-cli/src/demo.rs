@@ -56,6 +56,7 @@ pub async fn run(args: &DemoArgs) -> Result<u8, Failure> {
         connect_timeout: 10,
         reply_timeout: Some(30),
         no_pipelining: false,
+        no_chunking: false,
         json: false,
         verbose: args.verbose,
         dns: DnsArgs {

@@ -68,7 +68,7 @@ pub fn read_content(file: Option<&Path>) -> Result<Vec<u8>, Failure> {
 /// A [`Failure`] with status 65 for a message without a header section,
 /// 64 for an invalid address, no sender or no recipient.
 pub fn prepare(content: Vec<u8>, options: &EnvelopeOptions<'_>) -> Result<Input, Failure> {
-    let mut content = strip_mbox_separator(content);
+    let mut content = mxsend::message::without_mbox_separator(&content).to_vec();
     let header_end = header_section_end(&content).ok_or_else(|| {
         Failure::new(
             exit::DATA_ERROR,
@@ -152,19 +152,6 @@ fn parse_sender(text: &str) -> Result<Option<Address>, Failure> {
 fn parse_address(text: &str, origin: &str) -> Result<Address, Failure> {
     Address::parse(text)
         .map_err(|error| Failure::new(exit::USAGE, format!("invalid address in {origin}: {error}")))
-}
-
-/// Drops a leading mbox separator line (`From sender date`, no colon), as
-/// sendmail does.
-fn strip_mbox_separator(mut content: Vec<u8>) -> Vec<u8> {
-    if content.starts_with(b"From ") {
-        let end = content
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(content.len(), |i| i + 1);
-        content.drain(..end);
-    }
-    content
 }
 
 /// The offset just past the empty line that ends the header section, or

@@ -119,6 +119,7 @@ fn delivery_config(args: &SendArgs) -> Result<DeliveryConfig, Failure> {
         connect_timeout: Duration::from_secs(args.connect_timeout.max(1)),
         timeouts,
         pipelining: !args.no_pipelining,
+        chunking: !args.no_chunking,
         transcript: true,
         ..ConnectionConfig::default()
     };

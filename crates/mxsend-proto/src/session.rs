@@ -920,6 +920,11 @@ impl ClientSession {
         matches!(self.state, State::SendingData)
     }
 
+    /// Whether a command still waits for its reply.
+    pub fn is_waiting_for_reply(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Whether the open transaction sends its content with BDAT, so the
     /// driver calls [`ClientSession::bdat`] for each chunk after
     /// [`Event::SendData`] instead of [`ClientSession::data_sent`].

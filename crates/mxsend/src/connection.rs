@@ -34,6 +34,9 @@ pub struct ConnectionConfig {
     pub helo_fallback: bool,
     /// Pipeline commands when the server advertises PIPELINING. Default true.
     pub pipelining: bool,
+    /// Send content in BDAT chunks when the server advertises CHUNKING
+    /// (RFC 3030). Default true.
+    pub chunking: bool,
     /// Line length rules for content.
     pub data_policy: DataPolicy,
     /// Keep a transcript. Default true.
@@ -49,6 +52,7 @@ impl Default for ConnectionConfig {
             reply_limits: ReplyLimits::default(),
             helo_fallback: true,
             pipelining: true,
+            chunking: true,
             data_policy: DataPolicy::default(),
             transcript: true,
         }
@@ -123,6 +127,10 @@ pub enum ContentError {
     Data(#[from] DataError),
 }
 
+/// The largest BDAT chunk: large enough that a 1 GiB message needs about a
+/// thousand replies, small enough to keep memory flat.
+const BDAT_CHUNK_SIZE: usize = 1024 * 1024;
+
 /// Supplies messages for one connection and takes each transaction's
 /// report, in the manner of Twisted's `SMTPClient` callbacks
 /// (`getMailFrom`, `getMailTo`, `getMailData`, `sentMail`).
@@ -143,6 +151,7 @@ pub struct Connection {
     address: SocketAddr,
     data_policy: DataPolicy,
     data_block_timeout: Duration,
+    pipelining: bool,
     read_buffer: Box<[u8]>,
     /// The phase and the deadline of the reply being waited for.
     deadline: Option<(Phase, Instant)>,
@@ -187,6 +196,7 @@ impl Connection {
         session_config.reply_limits = config.reply_limits;
         session_config.helo_fallback = config.helo_fallback;
         session_config.pipelining = config.pipelining;
+        session_config.chunking = config.chunking;
         session_config.transcript = config.transcript;
         let mut connection = Connection {
             stream,
@@ -194,6 +204,7 @@ impl Connection {
             address,
             data_policy: config.data_policy,
             data_block_timeout: config.timeouts.data_block,
+            pipelining: config.pipelining,
             read_buffer: vec![0; 16 * 1024].into_boxed_slice(),
             deadline: None,
             result: None,
@@ -250,7 +261,7 @@ impl Connection {
         let envelope = Envelope {
             sender: message.sender().cloned(),
             recipients: recipients.to_vec(),
-            size: Some(message.wire_size()),
+            size: Some(message.size()),
             eight_bit: message.is_eight_bit(),
         };
         self.session
@@ -262,12 +273,19 @@ impl Connection {
         loop {
             match self.next_event().await {
                 Ok(Event::SendData) => {
-                    if let Err(error) = self.send_content(message).await {
+                    let sent = if self.session.is_chunking() {
+                        self.send_chunks(message).await
+                    } else {
+                        self.send_content(message).await
+                    };
+                    if let Err(error) = sent {
                         self.session.handle_eof();
                         self.drain_events();
                         return Err(error);
                     }
-                    self.session.data_sent();
+                    if !self.session.is_chunking() {
+                        self.session.data_sent();
+                    }
                 }
                 Ok(Event::TransactionComplete(report)) => {
                     self.drain_ready();
@@ -369,35 +387,65 @@ impl Connection {
                 }
                 return Ok(event);
             }
-            let Some((phase, timeout)) = self.session.timeout() else {
-                return Err(ConnectionError::Closed {
+            self.read_reply_bytes().await?;
+        }
+    }
+
+    /// Waits for bytes from the server within the deadline of the reply
+    /// the session waits for, and hands them, the end of the connection or
+    /// the timeout to the session.
+    async fn read_reply_bytes(&mut self) -> Result<(), ConnectionError> {
+        let Some((phase, timeout)) = self.session.timeout() else {
+            return Err(ConnectionError::Closed {
+                address: self.address,
+            });
+        };
+        // One deadline bounds the whole reply, so a server that sends a
+        // byte now and then cannot hold the session forever.
+        let deadline = match self.deadline {
+            Some((current, deadline)) if current == phase => deadline,
+            _ => {
+                let deadline = Instant::now() + timeout;
+                self.deadline = Some((phase, deadline));
+                deadline
+            }
+        };
+        match tokio::time::timeout_at(deadline, self.stream.read(&mut self.read_buffer)).await {
+            Err(_) => self.session.handle_timeout(),
+            Ok(Ok(0)) => self.session.handle_eof(),
+            Ok(Ok(read)) => {
+                let bytes = &self.read_buffer[..read];
+                trace!(address = %self.address, received = %String::from_utf8_lossy(bytes).trim_end(), "reply bytes");
+                self.session.handle_input(bytes);
+            }
+            Ok(Err(source)) => {
+                self.session.handle_eof();
+                self.drain_events();
+                return Err(ConnectionError::Io {
                     address: self.address,
+                    phase,
+                    source,
                 });
-            };
-            // One deadline bounds the whole reply, so a server that sends a
-            // byte now and then cannot hold the session forever.
-            let deadline = match self.deadline {
-                Some((current, deadline)) if current == phase => deadline,
-                _ => {
-                    let deadline = Instant::now() + timeout;
-                    self.deadline = Some((phase, deadline));
-                    deadline
-                }
-            };
-            match tokio::time::timeout_at(deadline, self.stream.read(&mut self.read_buffer)).await {
-                Err(_) => self.session.handle_timeout(),
-                Ok(Ok(0)) => self.session.handle_eof(),
-                Ok(Ok(read)) => {
-                    let bytes = &self.read_buffer[..read];
-                    trace!(address = %self.address, received = %String::from_utf8_lossy(bytes).trim_end(), "reply bytes");
-                    self.session.handle_input(bytes);
-                }
-                Ok(Err(source)) => {
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands the session whatever replies have already arrived, without
+    /// waiting, so a refused BDAT chunk stops the upload early.
+    fn read_available_replies(&mut self) -> Result<(), ConnectionError> {
+        loop {
+            match self.stream.try_read(&mut self.read_buffer) {
+                Ok(0) => {
                     self.session.handle_eof();
-                    self.drain_events();
+                    return Ok(());
+                }
+                Ok(read) => self.session.handle_input(&self.read_buffer[..read]),
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(source) => {
                     return Err(ConnectionError::Io {
                         address: self.address,
-                        phase,
+                        phase: self.session.phase(),
                         source,
                     });
                 }
@@ -455,6 +503,68 @@ impl Connection {
             .finish(&mut wire)
             .map_err(|e| content_error(e.into()))?;
         self.write(&wire).await
+    }
+
+    /// Streams the content in BDAT chunks of at most [`BDAT_CHUNK_SIZE`]
+    /// octets (RFC 3030). With PIPELINING the chunks follow each other
+    /// without waiting, and replies that have arrived are read between
+    /// them. Without it, each chunk waits for its reply (RFC 3030 section
+    /// 4.2). Either way a refused chunk stops the upload.
+    async fn send_chunks(&mut self, message: &Message) -> Result<(), ConnectionError> {
+        let content_error = |source| ConnectionError::Content { source };
+        let pipelining = self.session.extensions().is_some_and(|e| e.pipelining) && self.pipelining;
+        let mut reader = message
+            .content()
+            .open()
+            .await
+            .map_err(|e| content_error(ContentError::Read(e)))?;
+        let mut encoder = DataEncoder::for_bdat(self.data_policy);
+        let mut chunk = vec![0; CHUNK_SIZE];
+        let mut wire = Vec::with_capacity(BDAT_CHUNK_SIZE + CHUNK_SIZE + CHUNK_SIZE / 4);
+        loop {
+            let read = reader
+                .read(&mut chunk)
+                .await
+                .map_err(|e| content_error(ContentError::Read(e)))?;
+            if read == 0 {
+                break;
+            }
+            encoder
+                .encode(&chunk[..read], &mut wire)
+                .map_err(|e| content_error(e.into()))?;
+            if wire.len() < BDAT_CHUNK_SIZE {
+                continue;
+            }
+            self.write_chunk(&wire, false).await?;
+            wire.clear();
+            if pipelining {
+                self.read_available_replies()?;
+            } else {
+                while self.session.is_sending_data() && self.session.is_waiting_for_reply() {
+                    self.read_reply_bytes().await?;
+                }
+            }
+            if !self.session.is_sending_data() {
+                // The server refused a chunk or closed the connection.
+                return Ok(());
+            }
+        }
+        encoder
+            .finish(&mut wire)
+            .map_err(|e| content_error(e.into()))?;
+        self.write_chunk(&wire, true).await
+    }
+
+    async fn write_chunk(&mut self, chunk: &[u8], last: bool) -> Result<(), ConnectionError> {
+        let command = self
+            .session
+            .bdat(chunk.len() as u64, last)
+            .map_err(|error| ConnectionError::Session {
+                address: self.address,
+                error,
+            })?;
+        self.write(&command).await?;
+        self.write(chunk).await
     }
 
     /// Consumes the `Ready` that follows a finished transaction, or records

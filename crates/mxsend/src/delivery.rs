@@ -360,9 +360,11 @@ impl Delivery {
                 },
             );
             // A 4yz reply is not final: the next exchanger may accept the
-            // recipient (C-TX-03). Nothing was accepted for it here, so
-            // sending it again cannot duplicate the message.
-            if status.outcome == Outcome::Deferred {
+            // recipient (C-TX-03). Nor is a local refusal for a missing
+            // extension, since another exchanger may offer it (C-8B-04).
+            // Nothing was accepted for it here, so sending it again cannot
+            // duplicate the message.
+            if status.outcome == Outcome::Deferred || status.refused_locally {
                 still_pending.push((index, address));
             }
         }

@@ -65,7 +65,7 @@ pub struct Message {
     sender: Option<Address>,
     recipients: Vec<Address>,
     content: Content,
-    wire_size: u64,
+    size: u64,
     eight_bit: bool,
 }
 
@@ -136,7 +136,7 @@ impl Message {
             sender,
             recipients,
             content,
-            wire_size: scan.wire_size(),
+            size: scan.message_size(),
             eight_bit: scan.has_8bit(),
         })
     }
@@ -156,9 +156,10 @@ impl Message {
         &self.content
     }
 
-    /// The size on the wire, for `SIZE=` (RFC 1870).
-    pub fn wire_size(&self) -> u64 {
-        self.wire_size
+    /// The size that `SIZE=` declares (RFC 1870 section 3): line breaks
+    /// counted as CRLF, without stuffing dots or the end-of-data line.
+    pub fn size(&self) -> u64 {
+        self.size
     }
 
     /// Whether the content has octets of 0x80 or above.
@@ -186,5 +187,56 @@ async fn find_data_error(
             return Ok(Err(error));
         }
         sink.clear();
+    }
+}
+
+/// Returns `content` without a leading mbox separator line (`From sender
+/// date`), which is not part of the message, as sendmail and Postfix drop
+/// it. A first line of `From` then optional spaces and a colon is a From
+/// header field in obsolete syntax (RFC 5322 section 4.5) and stays.
+pub fn without_mbox_separator(content: &[u8]) -> &[u8] {
+    let Some(rest) = content.strip_prefix(b"From ") else {
+        return content;
+    };
+    let first_other = rest.iter().find(|&&octet| octet != b' ' && octet != b'\t');
+    if first_other == Some(&b':') {
+        return content;
+    }
+    match content.iter().position(|&octet| octet == b'\n') {
+        Some(end) => &content[end + 1..],
+        None => &[],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_mbox_separator;
+
+    #[test]
+    fn mbox_separator_removed() {
+        let content =
+            b"From alice@example.com Thu Jan  1 00:00:00 2026\nFrom: alice@example.com\n\nbody\n";
+        assert_eq!(
+            without_mbox_separator(content),
+            b"From: alice@example.com\n\nbody\n"
+        );
+    }
+
+    #[test]
+    fn separator_only_at_start() {
+        let content = b"From: a@x.test\n\nFrom b\n";
+        assert_eq!(without_mbox_separator(content), content);
+        assert_eq!(without_mbox_separator(b"From a@x.test"), b"");
+    }
+
+    #[test]
+    fn obsolete_from_header_kept() {
+        for content in [
+            &b"From  : John <j@x.test>\r\n\r\nbody\r\n"[..],
+            b"From : j@x.test\n\nx\n",
+            b"From: j@x.test\n\nx\n",
+        ] {
+            assert_eq!(without_mbox_separator(content), content);
+        }
     }
 }
