@@ -91,6 +91,18 @@ pub struct SendArgs {
     /// (BDAT).
     #[arg(long)]
     pub no_chunking: bool,
+    /// Delivery status notifications to ask for: never, or a comma-separated
+    /// list of success, failure and delay (RFC 3461). Sent only to servers
+    /// that offer DSN, together with ORCPT.
+    #[arg(long, value_name = "WHEN", value_parser = mxsend::proto::DsnNotify::parse)]
+    pub notify: Option<mxsend::proto::DsnNotify>,
+    /// What a failure notification returns: full (the message) or hdrs (the
+    /// header section).
+    #[arg(long, value_name = "full|hdrs", value_parser = parse_dsn_return)]
+    pub ret: Option<mxsend::proto::DsnReturn>,
+    /// Envelope identifier that notifications quote back.
+    #[arg(long, value_name = "ID")]
+    pub envid: Option<String>,
     /// Print the report as JSON on standard output.
     #[arg(long)]
     pub json: bool,
@@ -119,6 +131,15 @@ pub struct DemoArgs {
     /// Print the SMTP transcript too.
     #[arg(short, long)]
     pub verbose: bool,
+}
+
+/// Parses the `--ret` value.
+pub fn parse_dsn_return(text: &str) -> Result<mxsend::proto::DsnReturn, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "full" => Ok(mxsend::proto::DsnReturn::Full),
+        "hdrs" | "headers" => Ok(mxsend::proto::DsnReturn::Headers),
+        _ => Err(format!("invalid --ret {text:?}: expected full or hdrs")),
+    }
 }
 
 /// Parses `IP` or `IP:PORT`, with IPv6 in brackets when a port is given.

@@ -57,6 +57,9 @@ pub async fn run(args: &DemoArgs) -> Result<u8, Failure> {
         reply_timeout: Some(30),
         no_pipelining: false,
         no_chunking: false,
+        notify: None,
+        ret: None,
+        envid: None,
         json: false,
         verbose: args.verbose,
         dns: DnsArgs {

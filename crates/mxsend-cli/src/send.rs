@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use mxsend::proto::{Outcome, SessionConfig, Timeouts};
+use mxsend::proto::{DsnRequest, Outcome, SessionConfig, Timeouts};
 use mxsend::{
     ConnectionConfig, Delivery, DeliveryConfig, DeliveryReport, Message, MessageError, MxResolver,
     Nameserver, ResolverSettings, Route,
@@ -49,7 +49,8 @@ pub async fn send_content(content: Vec<u8>, args: &SendArgs) -> Result<DeliveryR
         config.connection.data_policy,
     )
     .await
-    .map_err(message_failure)?;
+    .map_err(message_failure)?
+    .with_dsn(dsn_request(args));
     let resolver = resolver(&args.dns)?;
 
     let delivery = Delivery::new(resolver, config);
@@ -128,6 +129,18 @@ fn delivery_config(args: &SendArgs) -> Result<DeliveryConfig, Failure> {
         port: args.port,
         route,
     })
+}
+
+/// Builds the DSN request of the options. ORCPT goes with any of them,
+/// since a notification is only useful with the address as given.
+fn dsn_request(args: &SendArgs) -> DsnRequest {
+    let requested = args.notify.is_some() || args.ret.is_some() || args.envid.is_some();
+    DsnRequest {
+        ret: args.ret,
+        envid: args.envid.clone(),
+        notify: args.notify,
+        orcpt: requested,
+    }
 }
 
 fn checked_helo_name(name: &str) -> Result<String, Failure> {

@@ -79,7 +79,9 @@ impl Address {
                 address: input.escape_debug().to_string(),
             });
         }
-        let text = input.trim();
+        // Only ASCII spaces are framing. A non-ASCII space is part of the
+        // address, so the text parses back to the same address.
+        let text = input.trim_matches([' ', '\t']);
         let text = text
             .strip_prefix('<')
             .and_then(|t| t.strip_suffix('>'))
@@ -163,9 +165,13 @@ impl fmt::Display for Address {
     }
 }
 
-/// RFC 5322 `atext`, plus any non-ASCII character for RFC 6531.
+/// RFC 5322 `atext`, plus any non-ASCII character for RFC 6531 other than
+/// a space such as U+00A0, which would make the address look different
+/// from what it is.
 fn is_atext(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii()
+    c.is_ascii_alphanumeric()
+        || "!#$%&'*+-/=?^_`{|}~".contains(c)
+        || (!c.is_ascii() && !c.is_whitespace())
 }
 
 /// Checks a dot-atom or quoted-string local part; returns the first

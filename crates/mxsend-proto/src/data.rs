@@ -487,6 +487,9 @@ pub struct ContentScan {
     wire_size: u64,
     stuffing_dots: u64,
     has_8bit: bool,
+    /// An empty line has ended the header section.
+    in_body: bool,
+    header_has_8bit: bool,
 }
 
 impl ContentScan {
@@ -521,6 +524,13 @@ impl ContentScan {
         self.wire_size + unterminated
     }
 
+    /// Returns whether an octet of 0x80 or above occurs before the first
+    /// empty line, in the header section, where RFC 6532 allows UTF-8 only
+    /// with SMTPUTF8.
+    pub fn header_has_8bit(&self) -> bool {
+        self.header_has_8bit
+    }
+
     /// Returns the message size that `SIZE=` declares (RFC 1870 section 3):
     /// the octets with every line break counted as CRLF, without the dots
     /// added by dot-stuffing and without the end-of-data line. It is also the
@@ -551,11 +561,15 @@ impl LineSink for ContentScan {
         if !self.has_8bit {
             // OR of all octets, without an early exit, so that it vectorizes.
             self.has_8bit = run.iter().fold(0, |bits, &byte| bits | byte) >= 0x80;
+            self.header_has_8bit = self.has_8bit && !self.in_body;
         }
         Ok(())
     }
 
     fn line_break(&mut self) {
+        if self.line_length == 0 {
+            self.in_body = true;
+        }
         self.wire_size += 2;
         self.line_length = 0;
     }

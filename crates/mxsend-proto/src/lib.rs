@@ -12,17 +12,20 @@
 //! - [`session`]: the client state machine from greeting to QUIT.
 //! - [`data`]: the streaming DATA encoder (line endings, dot-stuffing, the
 //!   final dot).
+//! - [`dsn`]: delivery status notification parameters and xtext.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod address;
 pub mod data;
+pub mod dsn;
 pub mod extensions;
 pub mod reply;
 pub mod session;
 
 pub use address::{Address, AddressError};
+pub use dsn::{DsnNotify, DsnRequest, DsnReturn};
 pub use extensions::Extensions;
 pub use reply::{EnhancedCode, Reply, ReplyError, ReplyLimits, ReplyParser};
 pub use session::{

@@ -28,6 +28,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::address::Address;
+use crate::dsn::DsnRequest;
 use crate::extensions::Extensions;
 use crate::reply::{Reply, ReplyError, ReplyLimits, ReplyParser};
 
@@ -300,7 +301,7 @@ pub struct RecipientStatus {
 }
 
 /// The sender, recipients and content facts of one transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Envelope {
     /// The reverse path; `None` sends the null path `<>`, as bounces do.
     pub sender: Option<Address>,
@@ -310,6 +311,12 @@ pub struct Envelope {
     pub size: Option<u64>,
     /// Whether the content has octets of 0x80 or above.
     pub eight_bit: bool,
+    /// Whether the header section has octets of 0x80 or above, which
+    /// RFC 6532 allows only with SMTPUTF8.
+    pub utf8_headers: bool,
+    /// Delivery status notification parameters, sent only when the server
+    /// advertises DSN (RFC 3461).
+    pub dsn: DsnRequest,
 }
 
 /// The result of one transaction.
@@ -581,11 +588,18 @@ fn mail_command(envelope: &Envelope, extensions: &Extensions) -> String {
     if envelope.eight_bit && extensions.eight_bit_mime {
         command.push_str(" BODY=8BITMIME");
     }
-    // RFC 6531 section 3.4: only when an address needs it.
-    let needs_utf8 = envelope.sender.iter().any(|a| !a.is_ascii())
+    // RFC 6531 section 3.4: only when an address or a header needs it.
+    // NOTE: UTF-8 header fields go to a server without SMTPUTF8 as 8-bit
+    // content, as Postfix sends them, rather than being refused.
+    let needs_utf8 = envelope.utf8_headers
+        || envelope.sender.iter().any(|a| !a.is_ascii())
         || envelope.recipients.iter().any(|a| !a.is_ascii());
     if needs_utf8 && extensions.smtputf8 {
         command.push_str(" SMTPUTF8");
+    }
+    // C-EXT-03, RFC 3461 section 4: only to a server that advertises DSN.
+    if extensions.dsn {
+        command.push_str(&envelope.dsn.mail_parameters());
     }
     command
 }
@@ -975,7 +989,12 @@ impl ClientSession {
                 self.send_command("QUIT", Pending::Quit);
             }
             State::Closed | State::Quitting(_) => {}
-            _ => self.close(Ok(())),
+            _ => {
+                // An open transaction still gets its report, with every
+                // recipient still open deferred or uncertain.
+                self.finish_transaction(true);
+                self.close(Ok(()));
+            }
         }
     }
 
@@ -983,7 +1002,11 @@ impl ClientSession {
         let Some(transaction) = &self.transaction else {
             return;
         };
-        let command = format!("RCPT TO:<{}>", transaction.forward_paths[index]);
+        let mut command = format!("RCPT TO:<{}>", transaction.forward_paths[index]);
+        if self.extensions.as_ref().is_some_and(|e| e.dsn) {
+            let original = &transaction.envelope.recipients[index];
+            command.push_str(&transaction.envelope.dsn.rcpt_parameters(original));
+        }
         self.send_command(&command, Pending::Rcpt(index));
     }
 
@@ -1124,6 +1147,15 @@ impl ClientSession {
         let Some(transaction) = &mut self.transaction else {
             return;
         };
+        if reply.is_positive() {
+            // DATA asks for 354. A 2yz would have the recipients count as
+            // delivered with no content sent, so it ends the session and
+            // leaves them deferred (C-REP-06).
+            return self.fail(SessionError::UnexpectedReply {
+                phase: Phase::Data,
+                reply,
+            });
+        }
         let go_ahead = reply.is_intermediate();
         let usable = transaction.mail_ok() && transaction.any_accepted();
         transaction.data_reply = Some(reply);

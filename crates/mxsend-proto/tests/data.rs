@@ -873,3 +873,17 @@ fn message_size_excludes_stuffing_dots() {
     encoder.finish(&mut wire).unwrap();
     assert_eq!(wire.len() as u64, scan.message_size());
 }
+
+/// 8-bit octets before the first empty line are in the header section.
+#[test]
+fn header_8bit_found_only_in_header_section() {
+    let mut header = ContentScan::new();
+    header.update("Subject: Grüße\n\nbody\n".as_bytes());
+    assert!(header.has_8bit());
+    assert!(header.header_has_8bit());
+
+    let mut body = ContentScan::new();
+    body.update("Subject: hello\n\nGrüße\n".as_bytes());
+    assert!(body.has_8bit());
+    assert!(!body.header_has_8bit());
+}

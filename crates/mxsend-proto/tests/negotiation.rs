@@ -1,9 +1,11 @@
-//! MAIL and RCPT as they depend on what the server advertised: SIZE,
-//! 8BITMIME and SMTPUTF8, each with the extension offered and not offered,
-//! checked on the exact bytes the session sends.
+//! MAIL, RCPT and the content commands as they depend on what the server
+//! advertised: SIZE, 8BITMIME, SMTPUTF8, CHUNKING and DSN, each with the
+//! extension offered and not offered, checked on the exact bytes the session
+//! sends.
 
 use mxsend_proto::{
-    Address, ClientSession, Envelope, Event, Outcome, SessionConfig, TransactionReport,
+    Address, ClientSession, DsnNotify, DsnRequest, DsnReturn, Envelope, Event, Outcome,
+    SessionConfig, TransactionReport,
 };
 
 /// Brings a session to Ready after an EHLO reply with `keywords`.
@@ -30,6 +32,7 @@ fn envelope(sender: &str, recipients: &[&str], size: u64, eight_bit: bool) -> En
             .collect(),
         size: Some(size),
         eight_bit,
+        ..Envelope::default()
     }
 }
 
@@ -417,4 +420,62 @@ fn bdat_last_without_reply_is_uncertain() {
 
     let report = report(take_events(&mut session));
     assert_eq!(report.recipients[0].outcome, Outcome::Uncertain);
+}
+
+fn dsn_envelope() -> Envelope {
+    Envelope {
+        dsn: DsnRequest {
+            ret: Some(DsnReturn::Headers),
+            envid: Some("QQ 314+1=e".to_owned()),
+            notify: Some(DsnNotify {
+                success: false,
+                failure: true,
+                delay: true,
+            }),
+            orcpt: true,
+        },
+        ..envelope("a@client.test", &["a+b=c@mx.test"], 10, false)
+    }
+}
+
+/// C-EXT-03, RFC 3461 section 4: RET and ENVID on MAIL, NOTIFY and ORCPT on
+/// RCPT, with ENVID and ORCPT in xtext, so `+` and `=` are escaped.
+#[test]
+fn dsn_parameters_when_advertised() {
+    let commands = accepted_commands(&["DSN"], dsn_envelope());
+    assert_eq!(
+        commands[0],
+        "MAIL FROM:<a@client.test> RET=HDRS ENVID=QQ+20314+2B1+3De"
+    );
+    assert_eq!(
+        commands[1],
+        "RCPT TO:<a+b=c@mx.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;a+2Bb+3Dc@mx.test"
+    );
+}
+
+/// C-EXT-03: no DSN parameter reaches a server that did not advertise DSN.
+#[test]
+fn dsn_parameters_omitted_without_dsn() {
+    let commands = accepted_commands(&["PIPELINING"], dsn_envelope());
+    assert!(
+        commands
+            .iter()
+            .all(|c| !c.contains("RET=") && !c.contains("NOTIFY=") && !c.contains("ORCPT=")),
+        "{commands:?}"
+    );
+}
+
+/// RFC 6531 section 3.4: UTF-8 in the header section asks for SMTPUTF8 when
+/// the server offers it, even with ASCII addresses.
+#[test]
+fn utf8_headers_ask_for_smtputf8() {
+    let utf8 = Envelope {
+        utf8_headers: true,
+        ..envelope("a@client.test", &["b@mx.test"], 10, true)
+    };
+    let with = accepted_commands(&["SMTPUTF8", "8BITMIME"], utf8.clone());
+    assert_eq!(with[0], "MAIL FROM:<a@client.test> BODY=8BITMIME SMTPUTF8");
+
+    let without = accepted_commands(&["8BITMIME"], utf8);
+    assert_eq!(without[0], "MAIL FROM:<a@client.test> BODY=8BITMIME");
 }

@@ -18,6 +18,7 @@ fn envelope(recipients: &[&str]) -> Envelope {
             .collect(),
         size: Some(100),
         eight_bit: false,
+        ..Envelope::default()
     }
 }
 

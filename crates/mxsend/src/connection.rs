@@ -263,6 +263,8 @@ impl Connection {
             recipients: recipients.to_vec(),
             size: Some(message.size()),
             eight_bit: message.is_eight_bit(),
+            utf8_headers: message.has_utf8_headers(),
+            dsn: message.dsn().clone(),
         };
         self.session
             .start_transaction(envelope)

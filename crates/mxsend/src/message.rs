@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use mxsend_proto::Address;
 use mxsend_proto::data::{ContentScan, DataEncoder, DataError, DataPolicy};
+use mxsend_proto::dsn::DsnRequest;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Size of the chunks in which content is read, scanned and sent.
@@ -67,6 +68,8 @@ pub struct Message {
     content: Content,
     size: u64,
     eight_bit: bool,
+    utf8_headers: bool,
+    dsn: DsnRequest,
 }
 
 impl Message {
@@ -138,7 +141,28 @@ impl Message {
             content,
             size: scan.message_size(),
             eight_bit: scan.has_8bit(),
+            utf8_headers: scan.header_has_8bit(),
+            dsn: DsnRequest::default(),
         })
+    }
+
+    /// Sets the delivery status notifications to request from servers that
+    /// advertise DSN (RFC 3461).
+    #[must_use]
+    pub fn with_dsn(mut self, dsn: DsnRequest) -> Message {
+        self.dsn = dsn;
+        self
+    }
+
+    /// The delivery status notification request.
+    pub fn dsn(&self) -> &DsnRequest {
+        &self.dsn
+    }
+
+    /// Whether the header section has 8-bit octets, which asks for
+    /// SMTPUTF8 where the server offers it (RFC 6532).
+    pub fn has_utf8_headers(&self) -> bool {
+        self.utf8_headers
     }
 
     /// The reverse path; `None` for the null sender `<>`.
