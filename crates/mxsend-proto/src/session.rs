@@ -1050,6 +1050,9 @@ impl ClientSession {
             return self.fail(SessionError::UnexpectedReply { phase, reply });
         };
         if reply.code() == 421 && pending != Pending::Quit {
+            // The 421 still answers its command, so a recipient it leaves
+            // open counts as deferred, not uncertain (C-TX-07).
+            self.record_closing_reply(pending, &reply);
             let phase = pending.phase();
             return self.fail(SessionError::ServiceClosing { phase, reply });
         }
@@ -1064,6 +1067,23 @@ impl ClientSession {
             Pending::Rset => self.handle_rset(reply),
             Pending::Quit => self.close(Ok(())),
         }
+    }
+
+    /// Stores a 421 as the reply to the transaction command it answers.
+    fn record_closing_reply(&mut self, pending: Pending, reply: &Reply) {
+        let Some(transaction) = &mut self.transaction else {
+            return;
+        };
+        let slot = match pending {
+            Pending::Mail => &mut transaction.mail_reply,
+            Pending::Rcpt(index) => &mut transaction.rcpt_replies[index],
+            Pending::Data | Pending::Bdat { last: false } => &mut transaction.data_reply,
+            Pending::DataEnd { discard: false } | Pending::Bdat { last: true } => {
+                &mut transaction.final_reply
+            }
+            _ => return,
+        };
+        *slot = Some(reply.clone());
     }
 
     fn handle_greeting(&mut self, reply: Reply) {

@@ -274,6 +274,10 @@ impl Connection {
             })?;
         loop {
             match self.next_event().await {
+                // The session may have failed after the go-ahead, on a reply
+                // that came with it. Then no content may follow: a final dot
+                // would deliver a message that the report calls deferred.
+                Ok(Event::SendData) if !self.session.is_sending_data() => {}
                 Ok(Event::SendData) => {
                     let sent = if self.session.is_chunking() {
                         self.send_chunks(message).await
