@@ -14,6 +14,7 @@ use std::time::Duration;
 use std::{fmt, io};
 
 use hickory_proto::op::{Edns, Header, MessageType, OpCode, ResponseCode};
+use hickory_proto::xfer::Protocol;
 use hickory_server::ServerFuture;
 use hickory_server::authority::MessageResponseBuilder;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
@@ -198,6 +199,13 @@ impl RequestHandler for ZoneHandler {
 
         let name = info.query.name();
         let query_type = info.query.query_type();
+        if request.protocol() == Protocol::Udp && self.table.truncates_udp(&name.into()) {
+            let mut header = Header::response_from_request(request.header());
+            header.set_authoritative(true);
+            header.set_truncated(true);
+            let response = builder.build_no_records(header);
+            return send(&mut response_handle, response, request).await;
+        }
         let lookup = self.table.lookup(&name.into(), query_type);
         tracing::debug!(%name, %query_type, ?lookup, "test DNS server query");
 

@@ -165,3 +165,82 @@ async fn address_literal_needs_no_query() {
     assert_eq!(plan.hosts[0].addresses, [ip("127.0.0.1")]);
     assert_eq!(dns.query_count(), 0);
 }
+
+/// A UDP answer with the TC bit set is asked again over TCP, where the
+/// records come back (RFC 1035 section 4.2.1).
+#[tokio::test]
+async fn truncated_udp_answer_retried_over_tcp() {
+    let zone = Zone::new()
+        .mx("example.net", 10, "mx.example.net")
+        .truncate_udp("example.net")
+        .a("mx.example.net", Ipv4Addr::LOCALHOST);
+    let (_dns, resolver) = resolver_for(zone).await;
+
+    let plan = resolver
+        .resolve("example.net")
+        .await
+        .expect("plan over TCP");
+
+    assert_eq!(plan.source, MxSource::Mx);
+    assert_eq!(plan.hosts[0].name, "mx.example.net");
+}
+
+/// A CNAME loop ends the lookup with an error instead of looping, and is
+/// never taken as "no MX" with the name's own address.
+#[tokio::test]
+async fn cname_loop_is_an_error() {
+    let zone = Zone::new()
+        .cname("loop-a.test", "loop-b.test")
+        .cname("loop-b.test", "loop-a.test");
+    let (_dns, resolver) = resolver_for(zone).await;
+
+    let result = tokio::time::timeout(Duration::from_secs(10), resolver.resolve("loop-a.test"))
+        .await
+        .expect("the lookup ends");
+
+    assert!(result.is_err(), "{result:?}");
+}
+
+/// An MX record whose exchange is an IP address is refused (C-MX-09): it
+/// is no host name, and the other exchangers are still used.
+#[tokio::test]
+async fn ip_address_exchange_skipped() {
+    let zone = Zone::new()
+        .mx("example.net", 10, "127.0.0.1")
+        .mx("example.net", 20, "mx.example.net")
+        .a("mx.example.net", Ipv4Addr::LOCALHOST);
+    let (_dns, resolver) = resolver_for(zone).await;
+
+    let plan = resolver.resolve("example.net").await.expect("plan");
+
+    let usable: Vec<&str> = plan
+        .hosts
+        .iter()
+        .filter(|host| !host.addresses.is_empty())
+        .map(|host| host.name.as_str())
+        .collect();
+    assert_eq!(usable, ["mx.example.net"]);
+}
+
+/// More than ten MX records are all kept, in preference order.
+#[tokio::test]
+async fn many_exchangers_kept_in_order() {
+    let mut zone = Zone::new();
+    for number in 0..15u16 {
+        let host = format!("mx{number}.example.net");
+        zone = zone.mx("example.net", 100 - number, &host).a(
+            &host,
+            Ipv4Addr::new(127, 0, 1, u8::try_from(number).unwrap()),
+        );
+    }
+    let (_dns, resolver) = resolver_for(zone).await;
+
+    let plan = resolver.resolve("example.net").await.expect("plan");
+
+    assert_eq!(plan.hosts.len(), 15);
+    let preferences: Vec<u16> = plan.hosts.iter().map(|host| host.preference).collect();
+    let mut sorted = preferences.clone();
+    sorted.sort_unstable();
+    assert_eq!(preferences, sorted);
+    assert_eq!(plan.hosts[0].name, "mx14.example.net");
+}

@@ -60,6 +60,9 @@ enum ZoneEntry {
         name: String,
         fault: Fault,
     },
+    TruncateUdp {
+        name: String,
+    },
 }
 
 /// A deliberate failure configured for a name.
@@ -124,6 +127,16 @@ impl Zone {
         self
     }
 
+    /// Makes the server answer every UDP query for `name` with an empty,
+    /// truncated response (the TC bit set), so the client has to ask again
+    /// over TCP, where the records come back.
+    pub fn truncate_udp(mut self, name: &str) -> Self {
+        self.entries.push(ZoneEntry::TruncateUdp {
+            name: name.to_owned(),
+        });
+        self
+    }
+
     /// Makes the server drop every query for `name` without a response, so
     /// the client times out.
     pub fn no_answer(mut self, name: &str) -> Self {
@@ -150,6 +163,7 @@ pub(crate) enum Lookup {
 struct Node {
     records: Vec<Record>,
     fault: Option<Fault>,
+    truncate_udp: bool,
 }
 
 /// The zone converted into hickory records and indexed by normalized name.
@@ -183,6 +197,10 @@ impl ZoneTable {
                     let key = normalize(&parse_name(name)?);
                     table.nodes.entry(key).or_default().fault = Some(*fault);
                 }
+                ZoneEntry::TruncateUdp { name } => {
+                    let key = normalize(&parse_name(name)?);
+                    table.nodes.entry(key).or_default().truncate_udp = true;
+                }
             }
         }
         Ok(table)
@@ -194,6 +212,13 @@ impl ZoneTable {
         let record = Record::from_rdata(owner, RECORD_TTL, rdata);
         self.nodes.entry(key).or_default().records.push(record);
         Ok(())
+    }
+
+    /// Returns whether UDP queries for `name` get a truncated response.
+    pub(crate) fn truncates_udp(&self, name: &Name) -> bool {
+        self.nodes
+            .get(&normalize(name))
+            .is_some_and(|node| node.truncate_udp)
     }
 
     /// Looks up `name` for `query_type` the way an authoritative server
