@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, trace};
 
-use crate::message::{CHUNK_SIZE, Message};
+use crate::message::{CHUNK_SIZE, Content, Message};
 
 /// Settings of each connection.
 #[derive(Debug, Clone)]
@@ -153,6 +153,10 @@ pub struct Connection {
     data_block_timeout: Duration,
     pipelining: bool,
     read_buffer: Box<[u8]>,
+    /// Buffers of the data phase, kept between messages so that each
+    /// message costs no allocation and no zeroing.
+    content_buffer: Vec<u8>,
+    wire_buffer: Vec<u8>,
     /// The phase and the deadline of the reply being waited for.
     deadline: Option<(Phase, Instant)>,
     result: Option<Result<(), SessionError>>,
@@ -206,6 +210,8 @@ impl Connection {
             data_block_timeout: config.timeouts.data_block,
             pipelining: config.pipelining,
             read_buffer: vec![0; 16 * 1024].into_boxed_slice(),
+            content_buffer: Vec::new(),
+            wire_buffer: Vec::new(),
             deadline: None,
             result: None,
         };
@@ -482,33 +488,67 @@ impl Connection {
     /// Streams the content through the DATA encoder, each write bounded by
     /// the data block timeout.
     async fn send_content(&mut self, message: &Message) -> Result<(), ConnectionError> {
+        let mut wire = std::mem::take(&mut self.wire_buffer);
+        wire.clear();
+        let result = self.send_encoded_content(message, &mut wire).await;
+        self.wire_buffer = wire;
+        result
+    }
+
+    /// Encodes the content into `wire` and writes it whenever it holds a
+    /// chunk. The rest goes out with the final dot in one write, so a small
+    /// message costs one write (and one TCP segment) for all its data.
+    async fn send_encoded_content(
+        &mut self,
+        message: &Message,
+        wire: &mut Vec<u8>,
+    ) -> Result<(), ConnectionError> {
         let content_error = |source| ConnectionError::Content { source };
-        let mut reader = message
-            .content()
-            .open()
-            .await
-            .map_err(|e| content_error(ContentError::Read(e)))?;
         let mut encoder = DataEncoder::new(self.data_policy);
-        let mut chunk = vec![0; CHUNK_SIZE];
-        let mut wire = Vec::with_capacity(CHUNK_SIZE + CHUNK_SIZE / 4);
-        loop {
-            let read = reader
-                .read(&mut chunk)
-                .await
-                .map_err(|e| content_error(ContentError::Read(e)))?;
-            if read == 0 {
-                break;
+        match message.content() {
+            Content::Memory(bytes) => {
+                for piece in bytes.chunks(CHUNK_SIZE) {
+                    encoder
+                        .encode(piece, wire)
+                        .map_err(|e| content_error(e.into()))?;
+                    if wire.len() >= CHUNK_SIZE {
+                        self.write(wire).await?;
+                        wire.clear();
+                    }
+                }
             }
-            encoder
-                .encode(&chunk[..read], &mut wire)
-                .map_err(|e| content_error(e.into()))?;
-            self.write(&wire).await?;
-            wire.clear();
+            Content::File(_) => {
+                let mut reader = message
+                    .content()
+                    .open()
+                    .await
+                    .map_err(|e| content_error(ContentError::Read(e)))?;
+                let mut chunk = std::mem::take(&mut self.content_buffer);
+                chunk.resize(CHUNK_SIZE, 0);
+                let streamed = loop {
+                    let read = match reader.read(&mut chunk).await {
+                        Ok(0) => break Ok(()),
+                        Ok(read) => read,
+                        Err(error) => break Err(content_error(ContentError::Read(error))),
+                    };
+                    if let Err(error) = encoder.encode(&chunk[..read], wire) {
+                        break Err(content_error(error.into()));
+                    }
+                    if wire.len() >= CHUNK_SIZE {
+                        if let Err(error) = self.write(wire).await {
+                            break Err(error);
+                        }
+                        wire.clear();
+                    }
+                };
+                self.content_buffer = chunk;
+                streamed?;
+            }
         }
         encoder
-            .finish(&mut wire)
+            .finish(wire)
             .map_err(|e| content_error(e.into()))?;
-        self.write(&wire).await
+        self.write(wire).await
     }
 
     /// Streams the content in BDAT chunks of at most [`BDAT_CHUNK_SIZE`]

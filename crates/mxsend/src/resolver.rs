@@ -210,7 +210,10 @@ impl MxResolver {
         options.timeout = settings.timeout;
         options.attempts = settings.attempts;
         options.ndots = 0;
-        options.cache_size = 256;
+        // Room for the MX, A and AAAA answers of a few thousand domains, so
+        // a queue run over many destinations does not evict what it needs
+        // again a moment later.
+        options.cache_size = 8192;
         options.try_tcp_on_error = true;
         let provider = TokioConnectionProvider::default();
         let builder = match &settings.nameserver {
