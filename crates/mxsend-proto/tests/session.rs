@@ -345,3 +345,54 @@ fn helo_name_with_space_rejected() {
     ));
     assert!(SessionConfig::new("x\r\nMAIL").is_err());
 }
+
+/// A reply line of 100,000 octets ends the session with a protocol error
+/// that names the problem, and the parser never holds the whole line
+/// (C-REP-05).
+#[test]
+fn reply_line_of_100000_octets_is_protocol_error() {
+    let mut session = ready(&[]);
+    session.start_transaction(envelope(&["a@mx.test"])).unwrap();
+    sent(&mut session);
+    let mut line = b"250 ".to_vec();
+    line.extend(std::iter::repeat_n(b'x', 100_000));
+    for piece in line.chunks(4096) {
+        session.handle_input(piece);
+        assert!(session.buffered_len() <= 8192, "{}", session.buffered_len());
+    }
+    let events = take_events(&mut session);
+    assert!(
+        matches!(
+            events.last(),
+            Some(Event::Closed(Err(SessionError::Protocol { .. })))
+        ),
+        "{events:?}"
+    );
+}
+
+/// A multi-line reply of 100,000 lines ends the session once the line limit
+/// is reached, long before the last line.
+#[test]
+fn reply_of_100000_lines_is_protocol_error() {
+    let mut session = ready(&[]);
+    session.start_transaction(envelope(&["a@mx.test"])).unwrap();
+    sent(&mut session);
+    let mut fed = 0;
+    for _ in 0..100_000 {
+        session.handle_input(b"250-more\r\n");
+        fed += 1;
+        if session.is_closed() {
+            break;
+        }
+    }
+    assert!(session.is_closed(), "the session must end");
+    assert!(fed <= 1_001, "ended after {fed} lines");
+    let events = take_events(&mut session);
+    assert!(
+        matches!(
+            events.last(),
+            Some(Event::Closed(Err(SessionError::Protocol { .. })))
+        ),
+        "{events:?}"
+    );
+}
