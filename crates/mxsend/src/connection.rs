@@ -545,9 +545,7 @@ impl Connection {
                 streamed?;
             }
         }
-        encoder
-            .finish(wire)
-            .map_err(|e| content_error(e.into()))?;
+        encoder.finish(wire).map_err(|e| content_error(e.into()))?;
         self.write(wire).await
     }
 
