@@ -25,11 +25,27 @@ pub enum Command {
     Send(SendArgs),
     /// Show the mail exchangers of a domain in the order they would be tried.
     ///
-    /// MX records are sorted by preference, with equal preferences shuffled.
-    /// A domain without MX records is its own exchanger (implicit MX). A
-    /// domain with a null MX (`MX 0 .`) accepts no mail (exit 69); a domain
-    /// that does not exist exits 68; a DNS failure such as SERVFAIL or a
-    /// timeout exits 75 and is never taken as "no MX".
+    /// MX records are sorted by preference, with equal preferences shuffled,
+    /// and every one is kept, however many there are. A domain without MX
+    /// records is its own exchanger (implicit MX). Each exchanger lists its
+    /// IPv6 addresses, then its IPv4 ones, and delivery tries them in that
+    /// order, so an unreachable IPv6 address falls back to IPv4.
+    ///
+    /// Exit statuses and DNS faults:
+    ///
+    /// - 69: a null MX (`MX 0 .`): the domain accepts no mail.
+    ///
+    /// - 68: the domain does not exist (NXDOMAIN), or none of its exchangers
+    ///   has an address.
+    ///
+    /// - 75: SERVFAIL, no response, or a CNAME loop: temporary, and never
+    ///   taken as "no MX".
+    ///
+    /// A truncated UDP response is asked again over TCP. An exchanger that
+    /// is an IP address instead of a name, or that has no address, is shown
+    /// as not usable and skipped. NOTE: mxsend does not yet notice its own
+    /// address among the exchangers (RFC 5321 section 5.1), which matters
+    /// only when it runs on an exchanger of the domain.
     Mx(MxArgs),
     /// Run the whole path on loopback: a DNS zone whose example.net MX points
     /// at a built-in SMTP server on 127.0.0.1, the tutorial message sent the
@@ -70,7 +86,8 @@ pub struct SendArgs {
     /// records; port 25 unless given.
     #[arg(long, value_name = "HOST[:PORT]")]
     pub relay: Option<String>,
-    /// Port of the mail exchangers.
+    /// Port of the mail exchangers, for MX delivery. A relay's port goes in
+    /// --relay HOST:PORT instead.
     #[arg(long, default_value_t = mxsend::DEFAULT_PORT)]
     pub port: u16,
     /// Name sent with EHLO; defaults to this machine's fully qualified name,
@@ -100,8 +117,9 @@ pub struct SendArgs {
     /// header section).
     #[arg(long, value_name = "full|hdrs", value_parser = parse_dsn_return)]
     pub ret: Option<mxsend::proto::DsnReturn>,
-    /// Envelope identifier that notifications quote back.
-    #[arg(long, value_name = "ID")]
+    /// Envelope identifier that notifications quote back, at most 100
+    /// printable ASCII characters.
+    #[arg(long, value_name = "ID", value_parser = parse_envid)]
     pub envid: Option<String>,
     /// Print the report as JSON on standard output.
     #[arg(long)]
@@ -133,6 +151,18 @@ pub struct DemoArgs {
     pub verbose: bool,
 }
 
+/// Checks `--envid`: RFC 3461 section 4.4 allows at most 100 characters,
+/// and printable ASCII keeps it readable in notifications.
+pub fn parse_envid(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.len() > 100 || !text.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "invalid --envid of {} characters: expected 1 to 100 printable ASCII characters without spaces",
+            text.chars().count()
+        ));
+    }
+    Ok(text.to_owned())
+}
+
 /// Parses the `--ret` value.
 pub fn parse_dsn_return(text: &str) -> Result<mxsend::proto::DsnReturn, String> {
     match text.to_ascii_lowercase().as_str() {
@@ -158,7 +188,7 @@ pub fn parse_nameserver(text: &str) -> Result<SocketAddr, String> {
 /// Splits `HOST[:PORT]`, `[IPv6]:PORT` or a bare IPv6 address.
 pub fn parse_relay(text: &str) -> Result<(String, u16), String> {
     let invalid = || {
-        format!("invalid relay {text:?}: expected HOST or HOST:PORT, such as smtp.example.com:587")
+        format!("invalid relay {text:?}: expected HOST or HOST:PORT, such as smtp.example.com:25")
     };
     if let Some(rest) = text.strip_prefix('[') {
         let (host, after) = rest.split_once(']').ok_or_else(invalid)?;

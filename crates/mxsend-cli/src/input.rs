@@ -31,7 +31,7 @@ pub struct EnvelopeOptions<'a> {
     pub read_recipients: bool,
 }
 
-/// Reads the message from `file`, or standard input when `None`.
+/// Reads the message from `file`, or standard input when `None` or `-`.
 ///
 /// # Errors
 ///
@@ -39,7 +39,7 @@ pub struct EnvelopeOptions<'a> {
 pub fn read_content(file: Option<&Path>) -> Result<Vec<u8>, Failure> {
     let mut content = Vec::new();
     match file {
-        Some(path) => {
+        Some(path) if path != Path::new("-") => {
             content = std::fs::read(path).map_err(|error| {
                 Failure::new(
                     exit::USAGE,
@@ -47,7 +47,7 @@ pub fn read_content(file: Option<&Path>) -> Result<Vec<u8>, Failure> {
                 )
             })?;
         }
-        None => {
+        _ => {
             std::io::stdin()
                 .read_to_end(&mut content)
                 .map_err(|error| {
@@ -69,11 +69,19 @@ pub fn read_content(file: Option<&Path>) -> Result<Vec<u8>, Failure> {
 /// 64 for an invalid address, no sender or no recipient.
 pub fn prepare(content: Vec<u8>, options: &EnvelopeOptions<'_>) -> Result<Input, Failure> {
     let mut content = mxsend::message::without_mbox_separator(&content).to_vec();
+    if content.iter().all(u8::is_ascii_whitespace) {
+        return Err(Failure::new(
+            exit::DATA_ERROR,
+            "the message is empty: give a file or standard input with header fields such as \
+             \"From: ...\", an empty line and the body"
+                .to_owned(),
+        ));
+    }
     let header_end = header_section_end(&content).ok_or_else(|| {
         Failure::new(
             exit::DATA_ERROR,
             "message has no header section: it must start with header fields such as \
-             \"From: ...\" followed by an empty line and the body"
+             \"From: ...\", then an empty line before the body"
                 .to_owned(),
         )
     })?;
@@ -113,11 +121,17 @@ pub fn prepare(content: Vec<u8>, options: &EnvelopeOptions<'_>) -> Result<Input,
             ("Bcc", message.bcc()),
         ];
         for (name, field) in headers {
-            for address in field
-                .into_iter()
-                .flat_map(|a| a.iter())
-                .filter_map(|a| a.address())
-            {
+            for entry in field.into_iter().flat_map(|a| a.iter()) {
+                let Some(address) = entry.address() else {
+                    // A group name such as "undisclosed-recipients:;" has
+                    // no address by design; anything else is worth a word.
+                    if let Some(text) = entry.name() {
+                        eprintln!(
+                            "mxsend: warning: skipped {text:?} in the {name} header: it has no address"
+                        );
+                    }
+                    continue;
+                };
                 let address = parse_address(address, &format!("{name} header"))?;
                 if !recipients.contains(&address) {
                     recipients.push(address);
@@ -131,7 +145,13 @@ pub fn prepare(content: Vec<u8>, options: &EnvelopeOptions<'_>) -> Result<Input,
     if recipients.is_empty() {
         return Err(Failure::new(
             exit::USAGE,
-            "no recipients: give --to ADDRESS, or -t to read To, Cc and Bcc headers".to_owned(),
+            if options.read_recipients {
+                "no recipients: -t found no address in the To, Cc and Bcc headers; \
+                 give --to ADDRESS"
+                    .to_owned()
+            } else {
+                "no recipients: give --to ADDRESS, or -t to read To, Cc and Bcc headers".to_owned()
+            },
         ));
     }
     Ok(Input {
@@ -142,16 +162,33 @@ pub fn prepare(content: Vec<u8>, options: &EnvelopeOptions<'_>) -> Result<Input,
 }
 
 /// Parses `--from`; `<>` or an empty value is the null sender.
+/// Parses `--from`, where `<>` is the null sender of bounces. An empty
+/// value is an error rather than the null sender, since it is more often an
+/// unset shell variable than a choice.
 fn parse_sender(text: &str) -> Result<Option<Address>, Failure> {
-    if text.trim().is_empty() || text.trim() == "<>" {
-        return Ok(None);
+    match text.trim() {
+        "<>" => Ok(None),
+        "" => Err(Failure::new(
+            exit::USAGE,
+            "empty --from: give an address, or --from '<>' for the null sender".to_owned(),
+        )),
+        _ => parse_address(text, "--from").map(Some),
     }
-    parse_address(text, "--from").map(Some)
 }
 
 fn parse_address(text: &str, origin: &str) -> Result<Address, Failure> {
-    Address::parse(text)
-        .map_err(|error| Failure::new(exit::USAGE, format!("invalid address in {origin}: {error}")))
+    Address::parse(text).map_err(|error| {
+        // "Name <address>" is the header form, not the envelope form.
+        let hint = if text.contains('<') && !text.trim().starts_with('<') {
+            "; give the bare address, such as you@example.org"
+        } else {
+            ""
+        };
+        Failure::new(
+            exit::USAGE,
+            format!("invalid address in {origin}: {error}{hint}"),
+        )
+    })
 }
 
 /// The offset just past the empty line that ends the header section, or
@@ -272,6 +309,43 @@ mod tests {
         let error =
             prepare(b"From: a@x.test\n\nbody\n".to_vec(), &options(&[], false)).unwrap_err();
         assert_eq!(error.status, exit::USAGE);
+    }
+
+    #[test]
+    fn empty_input_and_empty_from_rejected() {
+        let to = vec!["b@y.test".to_owned()];
+        let error = prepare(b"\n\n".to_vec(), &options(&to, false)).unwrap_err();
+        assert_eq!(error.status, exit::DATA_ERROR);
+        assert!(error.message.contains("empty"), "{}", error.message);
+
+        let envelope = EnvelopeOptions {
+            from: Some(""),
+            to: &to,
+            read_recipients: false,
+        };
+        let error = prepare(b"From: a@x.test\n\nbody\n".to_vec(), &envelope).unwrap_err();
+        assert_eq!(error.status, exit::USAGE);
+        assert!(error.message.contains("'<>'"), "{}", error.message);
+    }
+
+    #[test]
+    fn read_recipients_without_addresses_says_so() {
+        let message = b"From: a@x.test\nTo: undisclosed-recipients:;\n\nbody\n";
+        let error = prepare(message.to_vec(), &options(&[], true)).unwrap_err();
+        assert_eq!(error.status, exit::USAGE);
+        assert!(
+            error.message.contains("-t found no address"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn display_name_form_gets_a_hint() {
+        let to = vec!["You <you@example.org>".to_owned()];
+        let error =
+            prepare(b"From: a@x.test\n\nbody\n".to_vec(), &options(&to, false)).unwrap_err();
+        assert!(error.message.contains("bare address"), "{}", error.message);
     }
 
     #[test]

@@ -21,7 +21,18 @@ use crate::send;
 pub async fn run(args: &MxArgs) -> Result<u8, Failure> {
     let domain = domain_of(&args.domain)?;
     let resolver = send::resolver(&args.dns)?;
-    let plan = resolver.resolve(&domain).await.map_err(mx_failure)?;
+    let plan = match resolver.resolve(&domain).await {
+        Ok(plan) => plan,
+        Err(error) => {
+            let failure = mx_failure(error);
+            if args.json {
+                // Scripts get a JSON document either way.
+                let value = serde_json::json!({ "domain": domain, "error": failure.message });
+                println!("{value}");
+            }
+            return Err(failure);
+        }
+    };
     if args.json {
         let text = serde_json::to_string_pretty(&plan).map_err(|error| {
             Failure::new(
