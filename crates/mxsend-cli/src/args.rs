@@ -38,8 +38,10 @@ pub enum Command {
     /// - 68: the domain does not exist (NXDOMAIN), or none of its exchangers
     ///   has an address.
     ///
-    /// - 75: SERVFAIL, no response, or a CNAME loop: temporary, and never
-    ///   taken as "no MX".
+    /// - 75: SERVFAIL or no response: temporary, and never taken as "no MX".
+    ///
+    /// A CNAME loop ends the lookup: a recursive resolver reports SERVFAIL
+    /// for it (75), and a chain that ends without an address gives 68.
     ///
     /// A truncated UDP response is asked again over TCP. An exchanger that
     /// is an IP address instead of a name, or that has no address, is shown
@@ -52,6 +54,129 @@ pub enum Command {
     /// same way `mxsend send` sends, then the report and the message as the
     /// server stored it. Needs no network.
     Demo(DemoArgs),
+    /// Accept a message like sendmail: store it in the queue, then deliver
+    /// it. Takes sendmail's flags (-t, -i, -oi, -f, -F, -bm, -bp, -q, -v,
+    /// -odb, -odi, -odq); run `mxsend sendmail --help` for the list. The
+    /// binary does the same when it is called `sendmail`.
+    Sendmail(SendmailArgs),
+    /// Read and change the queue: list, show, flush, delete, bounce.
+    Queue(QueueArgs),
+    /// Deliver the queue until SIGINT or SIGTERM: retries, bounces and
+    /// concurrent deliveries with the limits of the configuration.
+    Daemon(DaemonArgs),
+    /// Check the configuration file.
+    Config(ConfigArgs),
+}
+
+/// Where the configuration and the spool are.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ServiceArgs {
+    /// The configuration file; default $MXSEND_CONFIG, else
+    /// ~/.config/mxsend/config.toml, else /etc/mxsend/config.toml.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The spool folder, in place of the configuration's spool.path.
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+}
+
+/// `mxsend sendmail`: the arguments are parsed the way sendmail parses
+/// them, not by clap.
+#[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
+pub struct SendmailArgs {
+    /// Sendmail options and recipients.
+    #[arg(allow_hyphen_values = true, trailing_var_arg = true, num_args = 0..)]
+    pub arguments: Vec<String>,
+}
+
+/// `mxsend queue`.
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    /// What to do with the queue.
+    #[command(subcommand)]
+    pub command: QueueCommand,
+}
+
+/// The queue subcommands.
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// List queued messages like mailq: id, age, size, sender, and each
+    /// recipient with its state.
+    List(QueueListArgs),
+    /// Show one message: its envelope and each recipient's history.
+    Show(QueueIdArgs),
+    /// Make every waiting recipient (or those of one message) due now, and
+    /// deliver them here unless a daemon runs on the spool.
+    Flush(QueueFlushArgs),
+    /// Delete a message from the queue without notifying anyone.
+    Delete(QueueIdArgs),
+    /// Give up on a message's waiting recipients and send the sender a
+    /// bounce.
+    Bounce(QueueIdArgs),
+    /// Deliver one message now; `mxsend sendmail` runs this in the
+    /// background after storing a message.
+    #[command(hide = true)]
+    Deliver(QueueIdArgs),
+}
+
+/// `mxsend queue list`.
+#[derive(Debug, Args)]
+pub struct QueueListArgs {
+    /// Include finished messages that are still kept.
+    #[arg(long)]
+    pub all: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub service: ServiceArgs,
+}
+
+/// A queue command on one message.
+#[derive(Debug, Args)]
+pub struct QueueIdArgs {
+    /// The queue id, as `mxsend queue list` prints it.
+    pub id: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub service: ServiceArgs,
+}
+
+/// `mxsend queue flush`.
+#[derive(Debug, Args)]
+pub struct QueueFlushArgs {
+    /// Only this message.
+    pub id: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub service: ServiceArgs,
+}
+
+/// `mxsend daemon`.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+}
+
+/// `mxsend config`.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ConfigCommand,
+}
+
+/// The config subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print the effective settings.
+    Check(ServiceArgs),
 }
 
 /// Options shared by commands that look up DNS names.
@@ -128,7 +253,64 @@ pub struct SendArgs {
     #[arg(short, long)]
     pub verbose: bool,
     #[command(flatten)]
+    pub security: Box<SecurityArgs>,
+    #[command(flatten)]
     pub dns: DnsArgs,
+}
+
+/// TLS and SMTP AUTH options of `mxsend send`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct SecurityArgs {
+    /// TLS policy: none; may (STARTTLS when offered, certificate not
+    /// checked, the default for MX delivery); encrypt (STARTTLS required,
+    /// certificate not checked); verify (STARTTLS required, certificate
+    /// checked against the host name, the default with --relay); implicit
+    /// (TLS from the first byte as on port 465, certificate checked).
+    #[arg(long, value_name = "POLICY", value_parser = parse_tls_policy)]
+    pub tls: Option<mxsend::TlsPolicy>,
+    /// PEM file of CA certificates to trust in addition to the built-in
+    /// Mozilla roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain to present to a server that asks for a client
+    /// certificate.
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+    /// User name for SMTP AUTH. The secret comes from --password-file,
+    /// --password-command or the MXSEND_PASSWORD environment variable.
+    #[arg(long, value_name = "NAME")]
+    pub auth_user: Option<String>,
+    /// SASL mechanism: PLAIN, LOGIN, CRAM-MD5, or XOAUTH2 with an OAuth 2.0
+    /// access token as the secret. Default: the first of CRAM-MD5, PLAIN and
+    /// LOGIN that the server offers.
+    #[arg(long, value_name = "MECHANISM", value_parser = parse_mechanism, requires = "auth_user")]
+    pub auth_mech: Option<mxsend::proto::Mechanism>,
+    /// File whose first line is the AUTH password.
+    #[arg(long, value_name = "FILE", conflicts_with = "password_command")]
+    pub password_file: Option<PathBuf>,
+    /// Command, run with `sh -c`, whose first line of output is the AUTH
+    /// password.
+    #[arg(long, value_name = "COMMAND")]
+    pub password_command: Option<String>,
+    /// Send AUTH over a connection without TLS, where anyone on the path
+    /// can read the password.
+    #[arg(long)]
+    pub dangerous_plaintext_auth: bool,
+}
+
+/// Parses a `--tls` policy name.
+pub fn parse_tls_policy(text: &str) -> Result<mxsend::TlsPolicy, String> {
+    text.parse()
+}
+
+/// Parses a `--auth-mech` name, ignoring case.
+pub fn parse_mechanism(text: &str) -> Result<mxsend::proto::Mechanism, String> {
+    mxsend::proto::Mechanism::from_name(text).ok_or_else(|| {
+        format!("invalid SASL mechanism {text:?}: expected PLAIN, LOGIN, CRAM-MD5 or XOAUTH2")
+    })
 }
 
 /// `mxsend mx`.

@@ -62,6 +62,7 @@ pub async fn run(args: &DemoArgs) -> Result<u8, Failure> {
         envid: None,
         json: false,
         verbose: args.verbose,
+        security: Box::default(),
         dns: DnsArgs {
             nameserver: Some(dns.addr()),
             dns_timeout: 5,

@@ -9,7 +9,7 @@ use mxsend::{
     Nameserver, ResolverSettings, Route,
 };
 
-use crate::args::{DnsArgs, SendArgs, parse_relay};
+use crate::args::{DnsArgs, SecurityArgs, SendArgs, parse_relay};
 use crate::exit;
 use crate::failure::Failure;
 use crate::input::{self, EnvelopeOptions};
@@ -41,7 +41,8 @@ pub async fn send_content(content: Vec<u8>, args: &SendArgs) -> Result<DeliveryR
         read_recipients: args.read_recipients,
     };
     let input = input::prepare(content, &envelope)?;
-    let config = delivery_config(args)?;
+    let mut config = delivery_config(args)?;
+    apply_security(&mut config.connection, &args.security, args.reply_timeout).await?;
     let message = Message::from_bytes(
         input.sender,
         input.recipients,
@@ -129,6 +130,115 @@ fn delivery_config(args: &SendArgs) -> Result<DeliveryConfig, Failure> {
         port: args.port,
         route,
     })
+}
+
+/// The environment variable that can hold the AUTH password, so that it
+/// never needs to be on the command line.
+const PASSWORD_VARIABLE: &str = "MXSEND_PASSWORD";
+
+/// Time allowed for `--password-command` to print the password.
+const PASSWORD_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sets the TLS and AUTH settings of the options, after reading every file
+/// they name and the password, so that a mistake stops `mxsend send`
+/// before any connection.
+async fn apply_security(
+    connection: &mut mxsend::ConnectionConfig,
+    args: &SecurityArgs,
+    reply_timeout: Option<u64>,
+) -> Result<(), Failure> {
+    let mut tls = mxsend::TlsConfig {
+        policy: args.tls,
+        ca_file: args.ca_file.clone(),
+        client_cert: args.client_cert.clone(),
+        client_key: args.client_key.clone(),
+        ..mxsend::TlsConfig::default()
+    };
+    if let Some(seconds) = reply_timeout {
+        tls.handshake_timeout = Duration::from_secs(seconds.max(1));
+    }
+    tls.check().map_err(|error| {
+        Failure::new(
+            exit::USAGE,
+            format!(
+                "invalid TLS option: {}",
+                mxsend::delivery::error_chain(&error)
+            ),
+        )
+    })?;
+    connection.tls = tls;
+
+    let has_secret_source = args.password_file.is_some() || args.password_command.is_some();
+    let Some(user) = &args.auth_user else {
+        if has_secret_source || args.dangerous_plaintext_auth {
+            return Err(Failure::new(
+                exit::USAGE,
+                "--password-file, --password-command and --dangerous-plaintext-auth need --auth-user NAME"
+                    .to_owned(),
+            ));
+        }
+        return Ok(());
+    };
+    let secret = read_password(args).await?;
+    let mut settings =
+        mxsend::proto::AuthSettings::new(mxsend::proto::Credentials::new(user.clone(), secret));
+    settings.mechanism = args.auth_mech;
+    settings.dangerous_allow_plaintext = args.dangerous_plaintext_auth;
+    connection.auth = Some(settings);
+    Ok(())
+}
+
+/// Reads the AUTH password from `--password-file`, `--password-command` or
+/// `MXSEND_PASSWORD`, in that order. Error messages never contain it.
+async fn read_password(args: &SecurityArgs) -> Result<mxsend::proto::Secret, Failure> {
+    let usage = |message: String| Failure::new(exit::USAGE, message);
+    let text = if let Some(path) = &args.password_file {
+        std::fs::read_to_string(path).map_err(|error| {
+            usage(format!(
+                "cannot read --password-file {}: {error}",
+                path.display()
+            ))
+        })?
+    } else if let Some(command) = &args.password_command {
+        let output = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(PASSWORD_COMMAND_TIMEOUT, output)
+            .await
+            .map_err(|_| {
+                usage(format!(
+                    "--password-command timed out after {PASSWORD_COMMAND_TIMEOUT:?}"
+                ))
+            })?
+            .map_err(|error| usage(format!("cannot run --password-command: {error}")))?;
+        if !output.status.success() {
+            return Err(usage(format!(
+                "--password-command failed ({})",
+                output.status
+            )));
+        }
+        String::from_utf8(output.stdout).map_err(|_| {
+            usage("--password-command printed a password that is not UTF-8".to_owned())
+        })?
+    } else if let Some(value) = std::env::var_os(PASSWORD_VARIABLE) {
+        value
+            .into_string()
+            .map_err(|_| usage(format!("{PASSWORD_VARIABLE} is not valid UTF-8")))?
+    } else {
+        return Err(usage(format!(
+            "--auth-user needs a password: give --password-file FILE or --password-command COMMAND, \
+             or set {PASSWORD_VARIABLE}"
+        )));
+    };
+    let password = text.lines().next().unwrap_or_default();
+    if password.is_empty() {
+        return Err(usage("the AUTH password is empty".to_owned()));
+    }
+    Ok(mxsend::proto::Secret::new(password))
 }
 
 /// Builds the DSN request of the options. ORCPT goes with any of them,

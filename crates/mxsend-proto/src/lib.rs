@@ -10,6 +10,8 @@
 //! - [`extensions`]: what an EHLO reply advertises.
 //! - [`address`]: envelope addresses, validated before they reach the wire.
 //! - [`session`]: the client state machine from greeting to QUIT.
+//! - [`sasl`]: SMTP AUTH mechanisms and the [`Secret`] type that keeps
+//!   credentials out of logs and transcripts.
 //! - [`data`]: the streaming DATA encoder (line endings, dot-stuffing, the
 //!   final dot).
 //! - [`dsn`]: delivery status notification parameters and xtext.
@@ -22,13 +24,15 @@ pub mod data;
 pub mod dsn;
 pub mod extensions;
 pub mod reply;
+pub mod sasl;
 pub mod session;
 
 pub use address::{Address, AddressError};
 pub use dsn::{DsnNotify, DsnRequest, DsnReturn};
 pub use extensions::Extensions;
 pub use reply::{EnhancedCode, Reply, ReplyError, ReplyLimits, ReplyParser};
+pub use sasl::{Credentials, Mechanism, Secret};
 pub use session::{
-    ClientSession, Envelope, Event, Outcome, Phase, RecipientStatus, SessionConfig, SessionError,
-    Timeouts, TransactionReport,
+    AuthSettings, ClientSession, Envelope, Event, Outcome, Phase, RecipientStatus, SessionConfig,
+    SessionError, StartTls, Timeouts, TransactionReport,
 };

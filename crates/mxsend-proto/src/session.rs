@@ -31,6 +31,11 @@ use crate::address::Address;
 use crate::dsn::DsnRequest;
 use crate::extensions::Extensions;
 use crate::reply::{Reply, ReplyError, ReplyLimits, ReplyParser};
+use crate::sasl::{Mechanism, SaslClient, SaslError};
+
+mod security;
+
+pub use security::{AuthSettings, StartTls};
 
 /// How long to wait for each reply, by phase. The defaults are the minimums
 /// of RFC 5321 section 4.5.3.2.
@@ -94,6 +99,14 @@ pub struct SessionConfig {
     pub chunking: bool,
     /// Keep a transcript of commands and replies. Default true.
     pub transcript: bool,
+    /// When to send STARTTLS (RFC 3207). Default [`StartTls::Never`].
+    pub starttls: StartTls,
+    /// The connection is encrypted from the first byte (implicit TLS, RFC
+    /// 8314 section 3), so STARTTLS is never sent. Default false.
+    pub implicit_tls: bool,
+    /// Authenticate with SMTP AUTH (RFC 4954) after EHLO, and after TLS
+    /// when STARTTLS is used. Default `None`.
+    pub auth: Option<AuthSettings>,
 }
 
 impl SessionConfig {
@@ -121,6 +134,9 @@ impl SessionConfig {
             pipelining: true,
             chunking: false,
             transcript: true,
+            starttls: StartTls::Never,
+            implicit_tls: false,
+            auth: None,
         })
     }
 }
@@ -151,6 +167,12 @@ pub enum Phase {
     Quit,
     /// Idle between transactions.
     Idle,
+    /// Waiting for the STARTTLS reply.
+    StartTls,
+    /// The driver runs the TLS handshake after the STARTTLS go-ahead.
+    TlsHandshake,
+    /// Waiting for a reply during SMTP AUTH.
+    Auth,
 }
 
 impl fmt::Display for Phase {
@@ -167,6 +189,9 @@ impl fmt::Display for Phase {
             Phase::Rset => "RSET",
             Phase::Quit => "QUIT",
             Phase::Idle => "idle",
+            Phase::StartTls => "STARTTLS",
+            Phase::TlsHandshake => "TLS handshake",
+            Phase::Auth => "AUTH",
         })
     }
 }
@@ -239,6 +264,67 @@ pub enum SessionError {
     NotReady {
         /// Where the session was.
         phase: Phase,
+    },
+    /// The TLS policy requires STARTTLS and the server did not advertise
+    /// it, or refused EHLO so that it could not advertise it (C-TLS-02).
+    #[error(
+        "server does not offer STARTTLS, which the TLS policy requires (EHLO reply: {ehlo}); \
+         the STARTTLS line may have been removed on the way"
+    )]
+    StartTlsNotOffered {
+        /// The EHLO reply, positive without STARTTLS or a refusal.
+        ehlo: Reply,
+    },
+    /// The TLS policy requires STARTTLS and the server refused it.
+    #[error("server refused STARTTLS, which the TLS policy requires: {0}")]
+    StartTlsRejected(Reply),
+    /// Bytes followed the STARTTLS go-ahead before the TLS handshake:
+    /// a sign of response injection (C-TLS-01, C-REP-06).
+    #[error(
+        "server sent {octets} octets after the STARTTLS go-ahead and before the TLS handshake \
+         (possible response injection)"
+    )]
+    DataAfterStartTls {
+        /// How many octets were waiting.
+        octets: usize,
+    },
+    /// AUTH is configured and the server advertised no mechanism.
+    #[error("server does not offer AUTH{}", if *.encrypted { " after TLS" } else { "" })]
+    AuthNotOffered {
+        /// Whether the connection was encrypted at that point.
+        encrypted: bool,
+    },
+    /// The server advertised AUTH, but not the mechanism asked for, or,
+    /// without a named mechanism, none of PLAIN, LOGIN and CRAM-MD5.
+    #[error(
+        "server offers AUTH {offered}, which does not include {}",
+        requested.map_or("PLAIN, LOGIN or CRAM-MD5".to_owned(), |m| m.to_string())
+    )]
+    AuthMechanismNotOffered {
+        /// The mechanism named in the settings, if any.
+        requested: Option<Mechanism>,
+        /// The advertised mechanisms, space separated.
+        offered: String,
+    },
+    /// AUTH would have sent credentials over an unencrypted connection.
+    #[error(
+        "credentials not sent: the connection is not encrypted; \
+         use a TLS policy that requires TLS, or allow plaintext AUTH explicitly"
+    )]
+    AuthNeedsTls,
+    /// The server rejected the credentials (535) or failed temporarily
+    /// (454). The first digit of the reply distinguishes them (RFC 4954
+    /// section 6).
+    #[error("server rejected authentication: {0}")]
+    AuthRejected(Reply),
+    /// The client cancelled the exchange with `*` because the server's
+    /// challenges did not fit the mechanism.
+    #[error("authentication cancelled: {error} (server reply: {reply})")]
+    AuthCancelled {
+        /// Why the client cancelled.
+        error: SaslError,
+        /// The server's reply to the cancellation.
+        reply: Reply,
     },
 }
 
@@ -359,6 +445,11 @@ pub enum Event {
     TransactionComplete(TransactionReport),
     /// The session is over; drop the connection. `Ok` after a clean QUIT.
     Closed(Result<(), SessionError>),
+    /// STARTTLS got its 220 go-ahead and nothing followed it: run the TLS
+    /// handshake on the connection, then call
+    /// [`ClientSession::tls_established`]. A failed handshake ends the
+    /// connection, never with a fallback to plain text on it.
+    StartTls,
 }
 
 /// Who wrote a transcript line.
@@ -408,6 +499,9 @@ enum Pending {
     },
     Rset,
     Quit,
+    StartTls,
+    /// The AUTH command or a SASL response line.
+    Auth,
 }
 
 impl Pending {
@@ -422,6 +516,8 @@ impl Pending {
             Pending::Bdat { last: false } => Phase::DataBlock,
             Pending::Rset => Phase::Rset,
             Pending::Quit => Phase::Quit,
+            Pending::StartTls => Phase::StartTls,
+            Pending::Auth => Phase::Auth,
         }
     }
 }
@@ -439,6 +535,8 @@ enum State {
     /// QUIT sent after a refusal; the error is reported once QUIT's reply
     /// or the end of the connection arrives.
     Quitting(Option<SessionError>),
+    /// STARTTLS got 220; the driver runs the TLS handshake.
+    AwaitingTls,
     Closed,
 }
 
@@ -705,11 +803,14 @@ pub struct ClientSession {
     extensions: Option<Extensions>,
     transaction: Option<Transaction>,
     transcript: Vec<TranscriptLine>,
+    /// The state of STARTTLS and AUTH.
+    security: security::Security,
 }
 
 impl ClientSession {
     /// Starts a session that waits for the server's greeting.
     pub fn new(config: SessionConfig) -> ClientSession {
+        let config_implicit_tls = config.implicit_tls;
         ClientSession {
             parser: ReplyParser::new(config.reply_limits),
             config,
@@ -720,6 +821,7 @@ impl ClientSession {
             extensions: None,
             transaction: None,
             transcript: Vec::new(),
+            security: security::Security::new(config_implicit_tls),
         }
     }
 
@@ -755,6 +857,7 @@ impl ClientSession {
             State::SendingData => Phase::DataBlock,
             State::Quitting(_) => Phase::Quit,
             State::Ready | State::Closed => Phase::Idle,
+            State::AwaitingTls => Phase::TlsHandshake,
             State::ExpectReplies => self.pending.front().map_or(Phase::Idle, |p| p.phase()),
         }
     }
@@ -776,7 +879,10 @@ impl ClientSession {
             Phase::DataEnd => t.data_end,
             Phase::Rset => t.rset,
             Phase::Quit => t.quit,
-            Phase::Idle => return None,
+            // STARTTLS and AUTH replies share the EHLO timeout.
+            Phase::StartTls | Phase::Auth => t.ehlo,
+            // The driver bounds the handshake itself.
+            Phase::TlsHandshake | Phase::Idle => return None,
         };
         Some((phase, timeout))
     }
@@ -809,7 +915,7 @@ impl ClientSession {
         loop {
             match self.parser.next_reply() {
                 Ok(Some(reply)) => {
-                    self.record_reply(&reply);
+                    self.record_incoming(&reply);
                     self.handle_reply(reply);
                     if self.is_closed() {
                         return;
@@ -1066,6 +1172,8 @@ impl ClientSession {
             Pending::Bdat { last } => self.handle_bdat(reply, last),
             Pending::Rset => self.handle_rset(reply),
             Pending::Quit => self.close(Ok(())),
+            Pending::StartTls => self.handle_starttls(reply),
+            Pending::Auth => self.handle_auth(reply),
         }
     }
 
@@ -1104,7 +1212,12 @@ impl ClientSession {
     fn handle_ehlo(&mut self, reply: Reply) {
         if reply.is_positive() {
             self.extensions = Some(Extensions::from_ehlo(&reply));
-            return self.become_ready();
+            return self.after_hello(&reply);
+        }
+        if self.tls_required_now() {
+            // HELO cannot advertise STARTTLS, so falling back would skip
+            // the TLS that the policy requires.
+            return self.quit_with(SessionError::StartTlsNotOffered { ehlo: reply });
         }
         if !self.config.helo_fallback {
             return self.quit_with(SessionError::HeloRejected(reply));
@@ -1118,7 +1231,7 @@ impl ClientSession {
             return self.quit_with(SessionError::HeloRejected(reply));
         }
         self.extensions = Some(Extensions::default());
-        self.become_ready();
+        self.after_hello(&reply);
     }
 
     fn handle_mail(&mut self, reply: Reply) {

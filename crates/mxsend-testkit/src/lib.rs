@@ -40,6 +40,8 @@
 
 pub mod dns;
 pub mod smtp;
+pub mod tls;
 
 pub use dns::{DnsServer, Zone};
 pub use smtp::{Action, Point, Script, SessionRecord, SmtpServer, StoredMessage, Trigger};
+pub use tls::{TestCa, TestCertificate};

@@ -6,11 +6,13 @@
 //! that real servers do not produce on demand: rejections, replies split
 //! across writes, dropped connections and servers that stop replying.
 //!
-//! The server does not implement STARTTLS or AUTH. A rule can still reply to
-//! the STARTTLS verb.
+//! [`Script::starttls`] and [`Script::implicit_tls`] add real TLS on
+//! rustls, and [`Script::auth`] the server side of AUTH. Without them a
+//! rule can still reply to the STARTTLS and AUTH verbs.
 
 mod command;
 mod script;
+mod secure;
 mod session;
 
 use std::net::SocketAddr;
@@ -66,9 +68,12 @@ pub struct StoredMessage {
 pub struct SessionRecord {
     /// Every byte the client sent, exactly as received.
     pub received: Vec<u8>,
-    /// Each command line without its line terminator, in order. Message
-    /// content lines are not included.
+    /// Each command line without its line terminator, in order, SASL
+    /// lines after AUTH included. Message content lines are not included.
     pub commands: Vec<String>,
+    /// Whether the session switched to TLS, by STARTTLS or implicit TLS.
+    /// `received` then holds the decrypted bytes, without the handshake.
+    pub tls: bool,
 }
 
 /// A running scripted SMTP server.
@@ -237,6 +242,12 @@ impl Shared {
     pub(crate) fn record_command(&self, session: usize, line: String) {
         if let Some(record) = self.lock().sessions.get_mut(session) {
             record.commands.push(line);
+        }
+    }
+
+    pub(crate) fn record_tls(&self, session: usize) {
+        if let Some(record) = self.lock().sessions.get_mut(session) {
+            record.tls = true;
         }
     }
 

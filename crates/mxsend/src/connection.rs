@@ -1,20 +1,25 @@
 //! One SMTP connection over tokio, driving the sans-I/O session.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use mxsend_proto::data::{DataEncoder, DataError, DataPolicy};
 use mxsend_proto::session::TranscriptLine;
 use mxsend_proto::{
-    ClientSession, Envelope, Event, Extensions, Phase, ReplyLimits, SessionConfig, SessionError,
-    Timeouts, TransactionReport,
+    AuthSettings, ClientSession, Envelope, Event, Extensions, Phase, ReplyLimits, SessionConfig,
+    SessionError, Timeouts, TransactionReport,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, trace};
 
 use crate::message::{CHUNK_SIZE, Content, Message};
+use crate::tls::{self, TlsConfig, TlsPolicy, TlsSetupError};
 
 /// Settings of each connection.
 #[derive(Debug, Clone)]
@@ -41,6 +46,11 @@ pub struct ConnectionConfig {
     pub data_policy: DataPolicy,
     /// Keep a transcript. Default true.
     pub transcript: bool,
+    /// TLS policy, CA file and client certificate. The default policy
+    /// depends on the route: see [`TlsConfig::policy`].
+    pub tls: TlsConfig,
+    /// Credentials for SMTP AUTH. Default `None`: no AUTH.
+    pub auth: Option<AuthSettings>,
 }
 
 impl Default for ConnectionConfig {
@@ -55,6 +65,8 @@ impl Default for ConnectionConfig {
             chunking: true,
             data_policy: DataPolicy::default(),
             transcript: true,
+            tls: TlsConfig::default(),
+            auth: None,
         }
     }
 }
@@ -92,13 +104,15 @@ pub enum ConnectionError {
         source: std::io::Error,
     },
     /// The session ended: the server refused, misbehaved or went away.
-    #[error("session with {address} failed")]
+    #[error("session with {address} failed{}", hint.map(|h| format!(" ({h})")).unwrap_or_default())]
     Session {
         /// The server.
         address: SocketAddr,
         /// What happened.
         #[source]
         error: SessionError,
+        /// The likely mistake, when the error points to one.
+        hint: Option<Hint>,
     },
     /// The message content could not be read or encoded.
     #[error("cannot send message content")]
@@ -113,6 +127,71 @@ pub enum ConnectionError {
         /// The server.
         address: SocketAddr,
     },
+    /// The TLS client configuration could not be built from the settings.
+    #[error("invalid TLS settings")]
+    TlsSetup(#[source] TlsSetupError),
+    /// The TLS handshake failed. The connection is dropped: nothing more
+    /// is sent on it, in plain text or otherwise.
+    #[error("TLS handshake with {host} ({address}) failed: {reason}")]
+    Tls {
+        /// The server.
+        address: SocketAddr,
+        /// The name the certificate was checked against.
+        host: String,
+        /// What went wrong, with the likely mistake when known.
+        reason: String,
+    },
+    /// The TLS handshake did not finish in time.
+    #[error("TLS handshake with {host} ({address}) timed out after {timeout:?}{hint}")]
+    TlsTimeout {
+        /// The server.
+        address: SocketAddr,
+        /// The name the certificate was checked against.
+        host: String,
+        /// The timeout that expired.
+        timeout: Duration,
+        /// The likely mistake, starting with "; ", or empty.
+        hint: &'static str,
+    },
+}
+
+/// A likely configuration mistake behind a [`ConnectionError::Session`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Hint {
+    /// No greeting came on a connection without TLS: the port probably
+    /// expects implicit TLS.
+    ImplicitTlsPort,
+}
+
+impl std::fmt::Display for Hint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Hint::ImplicitTlsPort => {
+                "no greeting: the server may expect TLS from the first byte, as on port 465; \
+                 try --tls implicit"
+            }
+        })
+    }
+}
+
+impl ConnectionError {
+    /// Whether the TLS handshake failed or timed out, the case in which the
+    /// `may` policy tries once more without TLS.
+    pub fn is_tls_handshake_failure(&self) -> bool {
+        matches!(
+            self,
+            ConnectionError::Tls { .. } | ConnectionError::TlsTimeout { .. }
+        )
+    }
+
+    /// The session error behind this error, if there is one.
+    pub fn session_error(&self) -> Option<&SessionError> {
+        match self {
+            ConnectionError::Session { error, .. } => Some(error),
+            _ => None,
+        }
+    }
 }
 
 /// A failure of message content during the data phase.
@@ -143,10 +222,11 @@ pub trait MailSource {
     fn sent_mail(&mut self, report: &TransactionReport);
 }
 
-/// An open SMTP connection that completed EHLO or HELO.
+/// An open SMTP connection that completed EHLO or HELO, and STARTTLS and
+/// AUTH when its settings ask for them.
 #[derive(Debug)]
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     session: ClientSession,
     address: SocketAddr,
     data_policy: DataPolicy,
@@ -160,6 +240,20 @@ pub struct Connection {
     /// The phase and the deadline of the reply being waited for.
     deadline: Option<(Phase, Instant)>,
     result: Option<Result<(), SessionError>>,
+    tls: TlsState,
+}
+
+/// The TLS settings and state of a connection.
+#[derive(Debug)]
+struct TlsState {
+    policy: TlsPolicy,
+    /// `None` under [`TlsPolicy::None`].
+    config: Option<Arc<rustls::ClientConfig>>,
+    host: String,
+    server_name: ServerName<'static>,
+    timeout: Duration,
+    /// Protocol version and cipher suite once the handshake is complete.
+    description: Option<String>,
 }
 
 impl Connection {
@@ -175,7 +269,40 @@ impl Connection {
         address: SocketAddr,
         config: &ConnectionConfig,
     ) -> Result<Connection, ConnectionError> {
-        debug!(%address, "connecting");
+        Connection::connect_host(address, &address.ip().to_string(), config).await
+    }
+
+    /// Connects to `address` of the server named `host`, the name that a
+    /// verified certificate must match and that goes out as SNI, then
+    /// waits for the greeting and sends EHLO, STARTTLS and AUTH as the
+    /// settings ask. The TLS policy is `config.tls.policy`, or
+    /// [`TlsPolicy::May`] when it is `None`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::connect`], and also [`ConnectionError::TlsSetup`]
+    /// for unreadable certificate files, [`ConnectionError::Tls`] or
+    /// [`ConnectionError::TlsTimeout`] for a failed handshake, and
+    /// [`ConnectionError::Session`]
+    /// with [`SessionError::StartTlsNotOffered`],
+    /// [`SessionError::DataAfterStartTls`], [`SessionError::AuthRejected`]
+    /// and the other STARTTLS and AUTH errors.
+    pub async fn connect_host(
+        address: SocketAddr,
+        host: &str,
+        config: &ConnectionConfig,
+    ) -> Result<Connection, ConnectionError> {
+        let policy = config.tls.policy.unwrap_or(TlsPolicy::May);
+        let tls_config = match policy {
+            TlsPolicy::None => None,
+            _ => Some(
+                config
+                    .tls
+                    .client_config(policy)
+                    .map_err(ConnectionError::TlsSetup)?,
+            ),
+        };
+        debug!(%address, %host, tls = %policy, "connecting");
         let stream =
             match tokio::time::timeout(config.connect_timeout, TcpStream::connect(address)).await {
                 Ok(Ok(stream)) => stream,
@@ -190,20 +317,36 @@ impl Connection {
         // Each pipelined group goes out in one write; Nagle's algorithm would
         // only hold it back waiting for an ACK.
         let _ = stream.set_nodelay(true);
+        let local_address = stream.local_addr().ok();
+        let tls = TlsState {
+            policy,
+            config: tls_config,
+            host: host.trim_end_matches('.').to_owned(),
+            server_name: tls::server_name(host, address.ip()),
+            timeout: config.tls.handshake_timeout,
+            description: None,
+        };
         let helo_name = match &config.helo_name {
             Some(name) => name.clone(),
-            None => address_literal(stream.local_addr().ok()),
+            None => address_literal(local_address),
         };
-        let mut session_config = SessionConfig::new(&helo_name)
-            .map_err(|error| ConnectionError::Session { address, error })?;
+        let mut session_config =
+            SessionConfig::new(&helo_name).map_err(|error| ConnectionError::Session {
+                address,
+                error,
+                hint: None,
+            })?;
         session_config.timeouts = config.timeouts;
         session_config.reply_limits = config.reply_limits;
         session_config.helo_fallback = config.helo_fallback;
         session_config.pipelining = config.pipelining;
         session_config.chunking = config.chunking;
         session_config.transcript = config.transcript;
+        session_config.starttls = policy.starttls();
+        session_config.implicit_tls = policy == TlsPolicy::Implicit;
+        session_config.auth = config.auth.clone();
         let mut connection = Connection {
-            stream,
+            stream: Stream::Plain(stream),
             session: ClientSession::new(session_config),
             address,
             data_policy: config.data_policy,
@@ -214,11 +357,117 @@ impl Connection {
             wire_buffer: Vec::new(),
             deadline: None,
             result: None,
+            tls,
         };
-        match connection.next_event().await? {
-            Event::Ready => Ok(connection),
-            other => Err(connection.unexpected(other)),
+        if policy == TlsPolicy::Implicit {
+            connection.handshake().await?;
         }
+        // At most one STARTTLS event: the session sends STARTTLS only on an
+        // unencrypted connection, and the handshake encrypts it or fails.
+        loop {
+            match connection.next_event().await {
+                Ok(Event::Ready) => return Ok(connection),
+                Ok(Event::StartTls) => {
+                    connection.handshake().await?;
+                    connection.session.tls_established();
+                }
+                Ok(other) => return Err(connection.unexpected(other)),
+                // A port that expects implicit TLS waits for the client's
+                // handshake and never greets.
+                Err(ConnectionError::Session {
+                    error:
+                        error @ SessionError::TimedOut {
+                            phase: Phase::Greeting,
+                            ..
+                        },
+                    ..
+                }) if policy != TlsPolicy::Implicit => {
+                    return Err(ConnectionError::Session {
+                        address,
+                        error,
+                        hint: Some(Hint::ImplicitTlsPort),
+                    });
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Runs the TLS handshake on the TCP stream, bounded by the handshake
+    /// timeout. On failure the stream is gone, so nothing can follow in
+    /// plain text (C-TLS-01, C-TLS-03).
+    async fn handshake(&mut self) -> Result<(), ConnectionError> {
+        let address = self.address;
+        let host = self.tls.host.clone();
+        let tcp = match std::mem::replace(&mut self.stream, Stream::Closed) {
+            Stream::Plain(tcp) => tcp,
+            other => {
+                self.stream = other;
+                return Err(ConnectionError::Closed { address });
+            }
+        };
+        let Some(config) = self.tls.config.clone() else {
+            return Err(ConnectionError::Closed { address });
+        };
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let handshake = connector.connect(self.tls.server_name.clone(), tcp);
+        match tokio::time::timeout(self.tls.timeout, handshake).await {
+            Ok(Ok(stream)) => {
+                let (_, state) = stream.get_ref();
+                let version = state
+                    .protocol_version()
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("TLS");
+                let suite = state
+                    .negotiated_cipher_suite()
+                    .and_then(|s| s.suite().as_str())
+                    .unwrap_or("unknown cipher suite");
+                let checked = if self.tls.policy.verifies_certificate() {
+                    "certificate verified"
+                } else {
+                    "certificate not verified"
+                };
+                let description = format!("{version} {suite}, {checked}");
+                debug!(%address, tls = %description, "TLS established");
+                self.tls.description = Some(description);
+                self.stream = Stream::Tls(Box::new(stream));
+                Ok(())
+            }
+            Ok(Err(error)) => {
+                let reason = tls::describe_handshake_error(&error, self.tls.policy);
+                debug!(%address, %reason, "TLS handshake failed");
+                Err(ConnectionError::Tls {
+                    address,
+                    host,
+                    reason,
+                })
+            }
+            Err(_) => {
+                let hint = if self.tls.policy == TlsPolicy::Implicit {
+                    "; the server may expect plain SMTP with STARTTLS on this port \
+                     (use --tls verify instead of implicit)"
+                } else {
+                    ""
+                };
+                Err(ConnectionError::TlsTimeout {
+                    address,
+                    host,
+                    timeout: self.tls.timeout,
+                    hint,
+                })
+            }
+        }
+    }
+
+    /// The TLS protocol, cipher suite and whether the certificate was
+    /// verified, or `None` for a connection in plain text.
+    pub fn tls_description(&self) -> Option<&str> {
+        self.tls.description.as_deref()
+    }
+
+    /// Whether the connection is encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        matches!(self.stream, Stream::Tls(_))
     }
 
     /// The server's address.
@@ -277,6 +526,7 @@ impl Connection {
             .map_err(|error| ConnectionError::Session {
                 address: self.address,
                 error,
+                hint: None,
             })?;
         loop {
             match self.next_event().await {
@@ -304,6 +554,7 @@ impl Connection {
                     return Ok(report);
                 }
                 Ok(Event::Ready) => {}
+                Ok(event @ Event::StartTls) => return Err(self.unexpected(event)),
                 Ok(Event::Closed(_)) => {
                     return Err(ConnectionError::Closed {
                         address: self.address,
@@ -331,6 +582,7 @@ impl Connection {
                     Some(Err(error)) => Err(ConnectionError::Session {
                         address: self.address,
                         error,
+                        hint: None,
                     }),
                     _ => Err(ConnectionError::Closed {
                         address: self.address,
@@ -394,6 +646,7 @@ impl Connection {
                         return Err(ConnectionError::Session {
                             address: self.address,
                             error: error.clone(),
+                            hint: None,
                         });
                     }
                 }
@@ -427,7 +680,11 @@ impl Connection {
             Ok(Ok(0)) => self.session.handle_eof(),
             Ok(Ok(read)) => {
                 let bytes = &self.read_buffer[..read];
-                trace!(address = %self.address, received = %String::from_utf8_lossy(bytes).trim_end(), "reply bytes");
+                if self.session.is_authenticating() {
+                    trace!(address = %self.address, received = "<SASL reply redacted>", "reply bytes");
+                } else {
+                    trace!(address = %self.address, received = %String::from_utf8_lossy(bytes).trim_end(), "reply bytes");
+                }
                 self.session.handle_input(bytes);
             }
             Ok(Err(source)) => {
@@ -447,7 +704,7 @@ impl Connection {
     /// waiting, so a refused BDAT chunk stops the upload early.
     fn read_available_replies(&mut self) -> Result<(), ConnectionError> {
         loop {
-            match self.stream.try_read(&mut self.read_buffer) {
+            match self.stream.try_read_now(&mut self.read_buffer) {
                 Ok(0) => {
                     self.session.handle_eof();
                     return Ok(());
@@ -466,7 +723,12 @@ impl Connection {
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<(), ConnectionError> {
-        trace!(address = %self.address, sent = %String::from_utf8_lossy(bytes).trim_end(), "commands");
+        // A SASL line always goes out alone, with its reply pending.
+        if self.session.is_authenticating() {
+            trace!(address = %self.address, sent = "<SASL line redacted>", "commands");
+        } else {
+            trace!(address = %self.address, sent = %String::from_utf8_lossy(bytes).trim_end(), "commands");
+        }
         let phase = self.session.phase();
         match tokio::time::timeout(self.data_block_timeout, self.stream.write_all(bytes)).await {
             Ok(Ok(())) => Ok(()),
@@ -481,6 +743,7 @@ impl Connection {
                     phase,
                     timeout: self.data_block_timeout,
                 },
+                hint: None,
             }),
         }
     }
@@ -606,6 +869,7 @@ impl Connection {
             .map_err(|error| ConnectionError::Session {
                 address: self.address,
                 error,
+                hint: None,
             })?;
         self.write(&command).await?;
         self.write(chunk).await
@@ -645,5 +909,87 @@ fn address_literal(local: Option<SocketAddr>) -> String {
             None => format!("[IPv6:{}]", v6.ip()),
         },
         None => "[127.0.0.1]".to_owned(),
+    }
+}
+
+/// The byte stream under the session: TCP, then TLS after STARTTLS or for
+/// implicit TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// Between taking the TCP stream for the handshake and its end.
+    Closed,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stream::Plain(_) => "Stream::Plain",
+            Stream::Tls(_) => "Stream::Tls",
+            Stream::Closed => "Stream::Closed",
+        })
+    }
+}
+
+fn closed_error() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotConnected, "connection closed")
+}
+
+impl Stream {
+    /// Reads what is already available without waiting, or fails with
+    /// `WouldBlock`.
+    fn try_read_now(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let waker = std::task::Waker::noop();
+        let mut context = Context::from_waker(waker);
+        let mut read_buffer = ReadBuf::new(buffer);
+        match Pin::new(self).poll_read(&mut context, &mut read_buffer) {
+            Poll::Ready(Ok(())) => Ok(read_buffer.filled().len()),
+            Poll::Ready(Err(error)) => Err(error),
+            Poll::Pending => Err(std::io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_read(context, buffer),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(context, buffer),
+            Stream::Closed => Poll::Ready(Err(closed_error())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_write(context, bytes),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(context, bytes),
+            Stream::Closed => Poll::Ready(Err(closed_error())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_flush(context),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(context),
+            Stream::Closed => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_shutdown(context),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(context),
+            Stream::Closed => Poll::Ready(Ok(())),
+        }
     }
 }

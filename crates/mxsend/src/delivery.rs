@@ -18,12 +18,13 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use mxsend_proto::session::TranscriptLine;
-use mxsend_proto::{Address, Outcome, Reply};
+use mxsend_proto::{Address, Outcome, Reply, SessionError};
 use tracing::{Instrument, debug, debug_span};
 
-use crate::connection::{Connection, ConnectionConfig};
+use crate::connection::{Connection, ConnectionConfig, ConnectionError};
 use crate::message::Message;
 use crate::resolver::{MxError, MxPlan, MxResolver};
+use crate::tls::TlsPolicy;
 
 /// The default SMTP port for MX delivery.
 pub const DEFAULT_PORT: u16 = 25;
@@ -51,6 +52,18 @@ pub struct DeliveryConfig {
     pub port: u16,
     /// MX delivery or a relay. Default MX.
     pub route: Route,
+}
+
+impl DeliveryConfig {
+    /// The TLS policy in effect: the configured one, else
+    /// [`TlsPolicy::Verify`] for a relay and [`TlsPolicy::May`] for MX
+    /// delivery, as Postfix does for MX hosts.
+    pub fn tls_policy(&self) -> TlsPolicy {
+        self.connection.tls.policy.unwrap_or(match self.route {
+            Route::Relay { .. } => TlsPolicy::Verify,
+            Route::Mx => TlsPolicy::May,
+        })
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -308,11 +321,18 @@ impl Delivery {
         report: &mut DeliveryReport,
         results: &mut BTreeMap<usize, RecipientReport>,
     ) -> String {
-        let mut connection = match Connection::connect(server, &self.config.connection).await {
+        let (connected, retry_note) = self.open(server, host).await;
+        let with_note = |text: String| match &retry_note {
+            Some(note) => format!("{note}; then: {text}"),
+            None => text,
+        };
+        let mut connection = match connected {
             Ok(connection) => connection,
             Err(error) => {
-                debug!(error = %error_chain(&error), "connection failed");
-                return error_chain(&error);
+                let text = with_note(error_chain(&error));
+                debug!(error = %text, "connection failed");
+                self.fail_on_rejected_auth(&error, &text, server, host, pending, results);
+                return text;
             }
         };
         let recipients: Vec<Address> = pending.iter().map(|(_, a)| a.clone()).collect();
@@ -375,10 +395,81 @@ impl Delivery {
             (Some(reply), None) => reply.to_string(),
             (None, None) => "no recipient accepted".to_owned(),
         };
+        let summary = match connection.tls_description() {
+            Some(tls) => format!("{summary} ({tls})"),
+            None => format!("{summary} (no TLS)"),
+        };
+        let summary = with_note(summary);
         if connection.is_usable() {
             let _ = connection.quit().await;
         }
         summary
+    }
+}
+
+impl Delivery {
+    /// Connects with the route's TLS policy. Under `may`, a failed TLS
+    /// handshake is followed by one more connection without TLS, as
+    /// Postfix does (C-TLS-02), and the second value is a note that reports
+    /// it. Only EHLO and STARTTLS went out on the first connection, so the
+    /// retry cannot duplicate a message. No other policy retries in plain
+    /// text.
+    async fn open(
+        &self,
+        server: SocketAddr,
+        host: &str,
+    ) -> (Result<Connection, ConnectionError>, Option<String>) {
+        let policy = self.config.tls_policy();
+        let mut config = self.config.connection.clone();
+        config.tls.policy = Some(policy);
+        match Connection::connect_host(server, host, &config).await {
+            Err(error) if policy == TlsPolicy::May && error.is_tls_handshake_failure() => {
+                let note = format!(
+                    "{}; retried without TLS on a new connection",
+                    error_chain(&error)
+                );
+                debug!(error = %note, "TLS handshake failed under the may policy");
+                config.tls.policy = Some(TlsPolicy::None);
+                let retried = Connection::connect_host(server, host, &config).await;
+                (retried, Some(note))
+            }
+            other => (other, None),
+        }
+    }
+
+    /// Fails every pending recipient for good when a relay rejected AUTH
+    /// with a 5yz reply such as 535 5.7.8 (RFC 4954 section 6): the same
+    /// credentials cannot succeed later. A 4yz reply such as 454 leaves
+    /// them pending, so they are deferred.
+    fn fail_on_rejected_auth(
+        &self,
+        error: &ConnectionError,
+        reason: &str,
+        server: SocketAddr,
+        host: &str,
+        pending: &mut Vec<(usize, Address)>,
+        results: &mut BTreeMap<usize, RecipientReport>,
+    ) {
+        let Some(SessionError::AuthRejected(reply)) = error.session_error() else {
+            return;
+        };
+        if !reply.is_permanent() || !matches!(self.config.route, Route::Relay { .. }) {
+            return;
+        }
+        for (index, address) in pending.drain(..) {
+            results.insert(
+                index,
+                RecipientReport {
+                    address: address.to_string(),
+                    outcome: Outcome::Failed,
+                    reply: Some(ReplySummary::from(reply)),
+                    reason: reason.to_owned(),
+                    host: Some(host.to_owned()),
+                    server: Some(server),
+                    no_such_domain: false,
+                },
+            );
+        }
     }
 }
 

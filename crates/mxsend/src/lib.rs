@@ -11,6 +11,8 @@
 //!   the manner of Twisted's SMTP client callbacks.
 //! - [`Delivery`] sends a [`Message`] to all its recipients across
 //!   exchangers and returns a [`DeliveryReport`].
+//! - [`tls`] sets the TLS policy of connections ([`TlsPolicy`]: `may` for
+//!   MX delivery and `verify` for a relay by default) on rustls.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -37,6 +39,9 @@
 //!
 //! Logging goes through `tracing`: `trace` for wire bytes, `debug` for
 //! decisions. The library logs nothing at `info` or above.
+//! Neither logs nor transcripts contain AUTH secrets: the AUTH command and
+//! every SASL line appear redacted, and [`proto::Secret`] prints
+//! `<redacted>` in `Debug` and `Display`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -44,13 +49,19 @@
 pub mod connection;
 pub mod delivery;
 pub mod message;
+pub mod queue;
 pub mod resolver;
+pub mod tls;
 
-pub use connection::{Connection, ConnectionConfig, ConnectionError, ContentError, MailSource};
+pub use connection::{
+    Connection, ConnectionConfig, ConnectionError, ContentError, Hint, MailSource,
+};
 pub use delivery::{
     Attempt, DEFAULT_PORT, Delivery, DeliveryConfig, DeliveryReport, RecipientReport, ReplySummary,
     Route, TranscriptEntry,
 };
 pub use message::{Content, Message, MessageError};
 pub use mxsend_proto as proto;
+pub use queue::{QueueId, QueueRunner, QueueSettings, RetrySchedule, SqliteStore, Store};
 pub use resolver::{MxError, MxHost, MxPlan, MxResolver, MxSource, Nameserver, ResolverSettings};
+pub use tls::{TlsConfig, TlsPolicy, TlsSetupError};

@@ -1,7 +1,10 @@
 //! Scripts that make the test SMTP server deviate from a well-behaved ESMTP
 //! server at chosen points of a session.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::ServerConfig;
 
 /// Extension keywords advertised in the EHLO reply unless
 /// [`Script::extensions`] replaces them.
@@ -49,6 +52,21 @@ const DEFAULT_EXTENSIONS: [&str; 5] = [
 pub struct Script {
     pub(crate) extensions: Vec<String>,
     rules: Vec<Rule>,
+    pub(crate) tls: Option<TlsMode>,
+    pub(crate) extensions_after_tls: Option<Vec<String>>,
+    /// User name and password that AUTH accepts.
+    pub(crate) auth: Option<(String, String)>,
+    /// The texts of the two LOGIN challenges.
+    pub(crate) login_challenges: [String; 2],
+}
+
+/// How the server uses TLS.
+#[derive(Clone, Debug)]
+pub(crate) enum TlsMode {
+    /// STARTTLS is advertised and a 220 reply to it starts a handshake.
+    StartTls(Arc<ServerConfig>),
+    /// The handshake starts right after the connection is accepted.
+    Implicit(Arc<ServerConfig>),
 }
 
 #[derive(Clone, Debug)]
@@ -70,7 +88,50 @@ impl Script {
         Self {
             extensions: DEFAULT_EXTENSIONS.iter().map(|k| (*k).to_owned()).collect(),
             rules: Vec::new(),
+            tls: None,
+            extensions_after_tls: None,
+            auth: None,
+            login_challenges: ["VXNlcm5hbWU6".to_owned(), "UGFzc3dvcmQ6".to_owned()],
         }
+    }
+
+    /// Offers STARTTLS with this server configuration: the EHLO reply
+    /// before TLS lists STARTTLS, the default reply to STARTTLS is 220, and
+    /// any 220 reply to it, scripted or not, is followed by a real TLS
+    /// handshake. Input that followed the STARTTLS line in plain text is
+    /// discarded, and after the handshake the client must send EHLO again.
+    pub fn starttls(mut self, config: Arc<ServerConfig>) -> Self {
+        self.tls = Some(TlsMode::StartTls(config));
+        self
+    }
+
+    /// Serves TLS from the first byte (implicit TLS, as on port 465): the
+    /// handshake comes before the greeting.
+    pub fn implicit_tls(mut self, config: Arc<ServerConfig>) -> Self {
+        self.tls = Some(TlsMode::Implicit(config));
+        self
+    }
+
+    /// Replaces the extension keywords of the EHLO reply after TLS. By
+    /// default they are those of [`Script::extensions`].
+    pub fn extensions_after_tls(mut self, keywords: &[&str]) -> Self {
+        self.extensions_after_tls = Some(keywords.iter().map(|k| (*k).to_owned()).collect());
+        self
+    }
+
+    /// Accepts AUTH PLAIN, LOGIN, CRAM-MD5 and XOAUTH2 (with the password
+    /// as the token) for these credentials, and rejects others with 535.
+    /// The EHLO reply lists AUTH only when [`Script::extensions`] has it.
+    pub fn auth(mut self, user: &str, password: &str) -> Self {
+        self.auth = Some((user.to_owned(), password.to_owned()));
+        self
+    }
+
+    /// Replaces the base64 texts of the two LOGIN challenges, by default
+    /// `VXNlcm5hbWU6` ("Username:") and `UGFzc3dvcmQ6` ("Password:").
+    pub fn login_challenges(mut self, first: &str, second: &str) -> Self {
+        self.login_challenges = [first.to_owned(), second.to_owned()];
+        self
     }
 
     /// Replaces the extension keywords listed after the first EHLO reply line.
@@ -122,9 +183,12 @@ pub enum Point {
     Quit,
     /// The NOOP command.
     Noop,
-    /// The STARTTLS command. The server does not implement TLS, so after a
-    /// scripted 220 reply it keeps reading plain-text commands.
+    /// The STARTTLS command. Without [`Script::starttls`] the server does
+    /// not implement TLS, so after a scripted 220 reply it keeps reading
+    /// plain-text commands.
     StartTls,
+    /// The AUTH command. The SASL lines that follow it are not points.
+    Auth,
 }
 
 impl Point {
@@ -223,6 +287,10 @@ pub enum Action {
     Hang,
     /// Waits for the duration, then performs the inner action.
     Delay(Duration, Box<Action>),
+    /// Replies `220 2.0.0 Ready to start TLS`, reads what the client sends
+    /// next, answers it with a line of plain text instead of a TLS
+    /// handshake and closes the connection.
+    FailTlsHandshake,
 }
 
 impl Action {

@@ -10,7 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::command::{self, parse_path, reply_bytes, reply_code};
-use super::script::{Action, Event, Point, Script};
+use super::script::{Action, Event, Point, Script, TlsMode};
+use super::secure::{self, SaslServer, ServerStream};
 use super::{Shared, StoredMessage};
 
 /// Host name the server uses in its greeting and EHLO reply.
@@ -42,6 +43,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Size of each socket read.
 const READ_CHUNK_SIZE: usize = 16 * 1024;
 
+/// Time allowed for a TLS handshake, and for the client's first bytes
+/// under [`Action::FailTlsHandshake`].
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
 const REPLY_UNKNOWN: &str = "500 5.5.2 Error: command not recognized";
 const REPLY_REJECTED: &str = "503 5.5.1 Error: session rejected at greeting, only QUIT is accepted";
 
@@ -51,6 +56,10 @@ enum Flow {
     Continue,
     Close,
     Hang,
+    /// A 220 reply to STARTTLS was queued: flush it, then run the handshake.
+    StartTls,
+    /// Flush the 220, then answer the client's handshake with plain text.
+    BreakTls,
 }
 
 /// The MAIL and RCPT commands accepted so far in the current transaction.
@@ -72,7 +81,7 @@ struct DataPhase {
 }
 
 pub(crate) struct Session {
-    stream: TcpStream,
+    stream: ServerStream,
     script: Arc<Script>,
     shared: Arc<Shared>,
     /// Index into the shared session records.
@@ -93,6 +102,10 @@ pub(crate) struct Session {
     data: Option<DataPhase>,
     /// Message whose final dot is being replied to, stored on a 2xx reply.
     finished_message: Option<StoredMessage>,
+    tls_active: bool,
+    authenticated: bool,
+    /// The SASL exchange in progress after AUTH.
+    sasl: Option<SaslServer>,
     /// Declared after `stream`, so the connection is closed before the
     /// session counts as ended.
     _end_guard: EndGuard,
@@ -116,7 +129,7 @@ impl Session {
         index: usize,
     ) -> Self {
         Self {
-            stream,
+            stream: ServerStream::Plain(stream),
             script,
             _end_guard: EndGuard(Arc::clone(&shared)),
             shared,
@@ -132,12 +145,24 @@ impl Session {
             transaction: None,
             data: None,
             finished_message: None,
+            tls_active: false,
+            authenticated: false,
+            sasl: None,
         }
     }
 
     /// Serves the connection until it is closed, then records its end.
     pub(crate) async fn run(mut self) {
         let number = self.index + 1;
+        if let Some(TlsMode::Implicit(_)) = &self.script.tls
+            && !self.start_tls().await
+        {
+            tracing::debug!(
+                session = number,
+                "test SMTP session: implicit TLS handshake failed"
+            );
+            return;
+        }
         let flow = match self.greet().await {
             Ok(Flow::Continue) => self.serve().await,
             other => other,
@@ -176,8 +201,18 @@ impl Session {
         loop {
             while let Some(line) = self.next_line() {
                 let flow = self.handle_line(&line).await?;
-                if flow != Flow::Continue {
-                    return Ok(flow);
+                match flow {
+                    Flow::Continue => {}
+                    Flow::StartTls => {
+                        if !self.start_tls().await {
+                            return Ok(Flow::Close);
+                        }
+                    }
+                    Flow::BreakTls => {
+                        self.break_tls().await?;
+                        return Ok(Flow::Close);
+                    }
+                    Flow::Close | Flow::Hang => return Ok(flow),
                 }
             }
             self.input.drain(..self.consumed);
@@ -235,6 +270,9 @@ impl Session {
         if self.data.is_some() {
             return self.handle_content_line(line).await;
         }
+        if let Some(state) = self.sasl.take() {
+            return Ok(self.handle_sasl_line(state, line));
+        }
 
         self.command_total += 1;
         if self.command_total > MAX_COMMANDS {
@@ -256,14 +294,14 @@ impl Session {
             "QUIT" => Some(Point::Quit),
             "NOOP" => Some(Point::Noop),
             "STARTTLS" => Some(Point::StartTls),
+            "AUTH" => Some(Point::Auth),
             _ => None,
         };
-        let default = Action::Reply(self.default_reply(point, &text));
-        let action = match point {
-            Some(point) => self
-                .scripted_action(point, text.as_bytes())
-                .unwrap_or(default),
-            None => default,
+        let scripted = point.and_then(|point| self.scripted_action(point, text.as_bytes()));
+        let action = match scripted {
+            Some(action) => action,
+            None if point == Some(Point::Auth) => Action::Reply(self.begin_auth(&text)),
+            None => Action::Reply(self.default_reply(point, &text)),
         };
         self.perform(point, action, &text).await
     }
@@ -365,17 +403,27 @@ impl Session {
                 Some(_) => "354 End data with <CR><LF>.<CR><LF>",
             },
             Point::Rset | Point::Noop => "250 2.0.0 Ok",
+            Point::StartTls if self.tls_active => "554 5.5.1 Error: TLS already active",
+            Point::StartTls if matches!(self.script.tls, Some(TlsMode::StartTls(_))) => {
+                "220 2.0.0 Ready to start TLS"
+            }
             Point::StartTls => "502 5.5.1 Error: command not implemented",
-            // Connect and DataEnd never come from a command line, and QUIT
-            // was handled above.
-            Point::Connect | Point::DataEnd | Point::Quit => REPLY_UNKNOWN,
+            // Connect and DataEnd never come from a command line, QUIT was
+            // handled above and AUTH has its own default.
+            Point::Connect | Point::DataEnd | Point::Quit | Point::Auth => REPLY_UNKNOWN,
         };
         reply.to_owned()
     }
 
     fn ehlo_reply(&self) -> String {
         let mut lines = vec![HOSTNAME.to_owned()];
-        lines.extend(self.script.extensions.iter().cloned());
+        match (&self.script.extensions_after_tls, self.tls_active) {
+            (Some(after_tls), true) => lines.extend(after_tls.iter().cloned()),
+            _ => lines.extend(self.script.extensions.iter().cloned()),
+        }
+        if !self.tls_active && matches!(self.script.tls, Some(TlsMode::StartTls(_))) {
+            lines.push("STARTTLS".to_owned());
+        }
         let last = lines.len() - 1;
         lines
             .iter()
@@ -416,6 +464,11 @@ impl Session {
 
         match action {
             Action::Close => Ok(Flow::Close),
+            Action::FailTlsHandshake => {
+                self.output
+                    .extend_from_slice(&reply_bytes("220 2.0.0 Ready to start TLS"));
+                Ok(Flow::BreakTls)
+            }
             Action::Hang => Ok(Flow::Hang),
             Action::Delay(..) => {
                 tracing::warn!(
@@ -491,6 +544,13 @@ impl Session {
                 }
             }
             Some(Point::Rset) if positive => self.transaction = None,
+            Some(Point::StartTls)
+                if code == Some(220)
+                    && !self.tls_active
+                    && matches!(self.script.tls, Some(TlsMode::StartTls(_))) =>
+            {
+                return Flow::StartTls;
+            }
             _ => {}
         }
 
@@ -499,6 +559,93 @@ impl Session {
         } else {
             Flow::Continue
         }
+    }
+
+    /// Runs the server side of a TLS handshake, after flushing the replies
+    /// queued in plain text. Plain-text input not yet handled is dropped,
+    /// as RFC 3207 section 4.2 asks, and the client must greet again.
+    /// Returns whether TLS is now active.
+    async fn start_tls(&mut self) -> bool {
+        let config = match &self.script.tls {
+            Some(TlsMode::StartTls(config) | TlsMode::Implicit(config)) => Arc::clone(config),
+            None => return false,
+        };
+        if self.flush().await.is_err() {
+            return false;
+        }
+        self.input.clear();
+        self.consumed = 0;
+        let ServerStream::Plain(tcp) = std::mem::replace(&mut self.stream, ServerStream::Closed)
+        else {
+            return false;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => {
+                self.stream = ServerStream::Tls(Box::new(stream));
+                self.tls_active = true;
+                self.greeted = false;
+                self.transaction = None;
+                self.shared.record_tls(self.index);
+                true
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(session = self.index + 1, %error, "test SMTP TLS handshake failed");
+                false
+            }
+            Err(_) => {
+                tracing::debug!(
+                    session = self.index + 1,
+                    "test SMTP TLS handshake timed out"
+                );
+                false
+            }
+        }
+    }
+
+    /// Sends the queued 220, then answers the client's first handshake
+    /// bytes with a line of plain text.
+    async fn break_tls(&mut self) -> io::Result<()> {
+        self.flush().await?;
+        let mut chunk = vec![0; READ_CHUNK_SIZE];
+        let _ = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, self.stream.read(&mut chunk)).await;
+        self.stream.write_all(b"this is not TLS\r\n").await?;
+        self.stream.flush().await
+    }
+
+    /// Starts the server side of AUTH and returns the first reply.
+    fn begin_auth(&mut self, text: &str) -> String {
+        let Some(credentials) = &self.script.auth else {
+            return "502 5.5.1 Error: authentication not enabled".to_owned();
+        };
+        if self.authenticated {
+            return "503 5.5.1 Error: already authenticated".to_owned();
+        }
+        let challenge_id = format!("{}.{}", self.index + 1, self.command_total);
+        let (reply, state) = secure::begin(
+            command::argument(text),
+            credentials,
+            &self.script.login_challenges,
+            &challenge_id,
+        );
+        self.authenticated = reply == secure::AUTH_OK;
+        self.sasl = state;
+        reply
+    }
+
+    /// Answers one SASL line. The line is recorded like a command.
+    fn handle_sasl_line(&mut self, state: SaslServer, line: &[u8]) -> Flow {
+        let text = String::from_utf8_lossy(strip_terminator(line)).into_owned();
+        self.shared.record_command(self.index, text.clone());
+        let Some(credentials) = &self.script.auth else {
+            return Flow::Continue;
+        };
+        let (reply, state) =
+            secure::respond(state, &text, credentials, &self.script.login_challenges);
+        self.authenticated = reply == secure::AUTH_OK;
+        self.sasl = state;
+        self.queue_reply(&reply);
+        Flow::Continue
     }
 
     fn queue_reply(&mut self, text: &str) {
