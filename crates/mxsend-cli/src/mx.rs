@@ -24,7 +24,7 @@ pub async fn run(args: &MxArgs) -> Result<u8, Failure> {
     let plan = match resolver.resolve(&domain).await {
         Ok(plan) => plan,
         Err(error) => {
-            let failure = mx_failure(error);
+            let failure = mx_failure(error, args.dns.nameserver);
             if args.json {
                 // Scripts get a JSON document either way.
                 let value = serde_json::json!({ "domain": domain, "error": failure.message });
@@ -57,7 +57,7 @@ fn domain_of(text: &str) -> Result<String, Failure> {
         .map_err(|error| Failure::new(exit::USAGE, format!("invalid address {text:?}: {error}")))
 }
 
-fn mx_failure(error: MxError) -> Failure {
+fn mx_failure(error: MxError, nameserver: Option<std::net::SocketAddr>) -> Failure {
     let status = match &error {
         MxError::NullMx { .. } => exit::UNAVAILABLE,
         MxError::NoSuchDomain { .. } | MxError::NoAddress { .. } => exit::NO_HOST,
@@ -65,10 +65,14 @@ fn mx_failure(error: MxError) -> Failure {
         _ if error.is_permanent() => exit::UNAVAILABLE,
         _ => exit::TEMPORARY,
     };
+    let asked = match nameserver {
+        Some(address) => format!("the nameserver {address}"),
+        None => "the nameservers in /etc/resolv.conf".to_owned(),
+    };
     let hint = match &error {
-        MxError::NullMx { .. } => "; mail to this domain cannot be delivered",
-        MxError::Temporary { .. } => "; try again later, or check the nameserver",
-        _ => "",
+        MxError::NullMx { .. } => "; mail to this domain cannot be delivered".to_owned(),
+        MxError::Temporary { .. } => format!("; try again later, or check {asked}"),
+        _ => String::new(),
     };
     Failure::new(status, format!("{error}{hint}"))
 }

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::time::Duration;
 
+use mxsend::proto::data::DataError;
 use mxsend::proto::{DsnRequest, Outcome, SessionConfig, Timeouts};
 use mxsend::{
     ConnectionConfig, Delivery, DeliveryConfig, DeliveryReport, Message, MessageError, MxResolver,
@@ -276,6 +277,14 @@ fn message_failure(error: MessageError) -> Failure {
         MessageError::NoRecipients => Failure::new(
             exit::USAGE,
             "no recipients: give --to ADDRESS, or -t to read To, Cc and Bcc headers".to_owned(),
+        ),
+        MessageError::Data(DataError::LineTooLong { line, limit, .. }) => Failure::new(
+            exit::DATA_ERROR,
+            format!(
+                "message cannot be sent as it is: line {line} is longer than {limit} octets, \
+                 the maximum of SMTP (RFC 5321 section 4.5.3.1.6); encode the message with \
+                 shorter lines, for example as quoted-printable"
+            ),
         ),
         MessageError::Data(error) => Failure::new(
             exit::DATA_ERROR,

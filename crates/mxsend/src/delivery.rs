@@ -107,6 +107,11 @@ pub struct RecipientReport {
     pub outcome: Outcome,
     /// The server reply that decided it, when there was one.
     pub reply: Option<ReplySummary>,
+    /// True when mxsend refused to send to this recipient itself, because
+    /// the last exchanger tried lacked an extension that the message needs
+    /// (SIZE, 8BITMIME or SMTPUTF8). `reply` is then made up by mxsend,
+    /// not sent by a server.
+    pub local: bool,
     /// Why, in one line: the reply or the error.
     pub reason: String,
     /// The exchanger that gave the answer.
@@ -255,6 +260,7 @@ impl Delivery {
                             address: address.to_string(),
                             outcome,
                             reply: None,
+                            local: false,
                             reason: error.to_string(),
                             host: None,
                             server: None,
@@ -300,6 +306,7 @@ impl Delivery {
                 address: address.to_string(),
                 outcome: Outcome::Deferred,
                 reply: None,
+                local: false,
                 reason: last_error.clone(),
                 host: None,
                 server: None,
@@ -351,6 +358,7 @@ impl Delivery {
             .session_result()
             .and_then(|result| result.as_ref().err())
             .map(ToString::to_string);
+        let nothing_sent = transaction.recipients.iter().all(|r| r.refused_locally);
         let mut still_pending = Vec::new();
         for ((index, address), status) in pending.drain(..).zip(transaction.recipients) {
             if transaction.interrupted && status.outcome == Outcome::Deferred {
@@ -364,6 +372,8 @@ impl Delivery {
             };
             let reason = if status.outcome == Outcome::Uncertain {
                 format!("{reason}; the message may have been delivered")
+            } else if status.refused_locally {
+                format!("{reason} (decided by mxsend before sending)")
             } else {
                 reason
             };
@@ -373,6 +383,7 @@ impl Delivery {
                     address: address.to_string(),
                     outcome: status.outcome,
                     reply: status.reply.as_ref().map(ReplySummary::from),
+                    local: status.refused_locally,
                     reason,
                     host: Some(host.to_owned()),
                     server: Some(server),
@@ -393,6 +404,9 @@ impl Delivery {
         let summary = match (&transaction.final_reply, &session_error) {
             (_, Some(error)) => format!("session failed: {error}"),
             (Some(reply), None) => reply.to_string(),
+            (None, None) if nothing_sent => {
+                "message not sent: the server lacks an extension it needs".to_owned()
+            }
             (None, None) => "no recipient accepted".to_owned(),
         };
         let summary = match connection.tls_description() {
@@ -463,6 +477,7 @@ impl Delivery {
                     address: address.to_string(),
                     outcome: Outcome::Failed,
                     reply: Some(ReplySummary::from(reply)),
+                    local: false,
                     reason: reason.to_owned(),
                     host: Some(host.to_owned()),
                     server: Some(server),

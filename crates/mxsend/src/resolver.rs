@@ -195,7 +195,13 @@ fn classify(error: &ResolveError) -> Miss {
             code => Miss::Temporary(format!("server answered {code}")),
         };
     }
-    Miss::Temporary(error.to_string())
+    match error.proto().map(|proto| proto.kind()) {
+        Some(ProtoErrorKind::Timeout) => {
+            Miss::Temporary("no response from the DNS server (timed out)".to_owned())
+        }
+        Some(kind) => Miss::Temporary(kind.to_string()),
+        None => Miss::Temporary(error.to_string()),
+    }
 }
 
 impl MxResolver {

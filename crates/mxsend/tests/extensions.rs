@@ -136,6 +136,10 @@ async fn pipelined_group_with_one_refused_recipient() {
         outcomes(&report),
         [Outcome::Delivered, Outcome::Failed, Outcome::Delivered]
     );
+    assert!(
+        report.recipients.iter().all(|r| !r.local),
+        "the server refused, not mxsend"
+    );
     let group = "MAIL FROM:<sender@client.test> SIZE=20\r\nRCPT TO:<one@example.net>\r\n\
                  RCPT TO:<two@example.net>\r\nRCPT TO:<three@example.net>\r\nDATA\r\n";
     let received = String::from_utf8_lossy(&session.received);
@@ -274,6 +278,8 @@ async fn message_over_advertised_size_not_uploaded() {
     let reply = report.recipients[0].reply.as_ref().unwrap();
     assert_eq!(reply.code, 552);
     assert_eq!(reply.enhanced.as_deref(), Some("5.3.4"));
+    assert!(report.recipients[0].local, "the 552 is made up by mxsend");
+    assert!(report.recipients[0].reason.contains("decided by mxsend"));
     assert!(
         session.commands.iter().all(|c| !c.starts_with("MAIL")),
         "{session:?}"
