@@ -512,10 +512,12 @@ async fn binary_named_sendmail_or_mailq_takes_sendmail_flags() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_retries_and_second_daemon_refuses() {
-    // The first RCPT of the first session is deferred; the retry succeeds.
-    let server = SmtpServer::start(
-        Script::new().on(Point::Rcpt.session(1), Action::reply("451 4.3.0 try again")),
-    )
+    // The first RCPT of the first session is deferred; the retry succeeds,
+    // on the same connection when the daemon still keeps it.
+    let server = SmtpServer::start(Script::new().on(
+        Point::Rcpt.nth(1).session(1),
+        Action::reply("451 4.3.0 try again"),
+    ))
     .await
     .unwrap();
     let setup = Setup::new(

@@ -485,6 +485,24 @@ impl Connection {
         self.session.take_transcript()
     }
 
+    /// Reads whatever the server sent while the connection was idle, without
+    /// waiting, and returns whether the connection is still usable. A
+    /// server that closed it, or sent an unprompted 421, makes it unusable.
+    pub fn check_idle(&mut self) -> bool {
+        if !self.is_usable() {
+            return false;
+        }
+        if self.read_available_replies().is_err() {
+            return false;
+        }
+        while let Some(event) = self.session.poll_event() {
+            if let Event::Closed(result) = event {
+                self.result = Some(result);
+            }
+        }
+        self.is_usable() && self.session.is_ready()
+    }
+
     /// Whether another transaction may use this connection.
     pub fn is_usable(&self) -> bool {
         self.result.is_none()

@@ -13,12 +13,14 @@
 //! not sent again, because the server may have taken it (RFC 5321 section
 //! 6.1).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use mxsend_proto::session::TranscriptLine;
-use mxsend_proto::{Address, Outcome, Reply, SessionError};
+use mxsend_proto::{Address, Outcome, Reply, SessionError, TransactionReport};
 use tracing::{Instrument, debug, debug_span};
 
 use crate::connection::{Connection, ConnectionConfig, ConnectionError};
@@ -183,12 +185,124 @@ impl DeliveryReport {
 pub struct Delivery {
     resolver: MxResolver,
     config: DeliveryConfig,
+    pool: Option<Arc<ConnectionPool>>,
+}
+
+/// Most idle connections kept for one server, so a burst to one host does
+/// not leave many sockets open afterwards.
+const MAX_IDLE_PER_SERVER: usize = 4;
+
+/// A server address with the exchanger name used for it, which TLS
+/// verification depends on.
+type ServerKey = (SocketAddr, String);
+
+/// Idle connections after a finished transaction, each with the time it
+/// became idle, shared by every clone of a [`Delivery`].
+struct ConnectionPool {
+    idle_limit: Duration,
+    idle: Mutex<HashMap<ServerKey, Vec<(Connection, Instant)>>>,
+}
+
+impl fmt::Debug for ConnectionPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self
+            .idle
+            .lock()
+            .map_or(0, |idle| idle.values().map(Vec::len).sum());
+        f.debug_struct("ConnectionPool")
+            .field("idle_limit", &self.idle_limit)
+            .field("idle_connections", &count)
+            .finish()
+    }
+}
+
+impl ConnectionPool {
+    /// Takes an idle connection to `server` that is still usable, sending
+    /// QUIT on those that idled too long and dropping those the server
+    /// closed or ended with an unprompted 421.
+    async fn take(&self, server: SocketAddr, host: &str) -> Option<Connection> {
+        loop {
+            let entry = {
+                let mut idle = self.idle.lock().ok()?;
+                idle.get_mut(&(server, host.to_owned()))?.pop()
+            };
+            let (mut connection, since) = entry?;
+            if since.elapsed() > self.idle_limit {
+                let _ = connection.quit().await;
+                continue;
+            }
+            if connection.check_idle() {
+                return Some(connection);
+            }
+            debug!(%server, "idle connection closed by the server; dropped");
+        }
+    }
+
+    /// Keeps `connection` for the next message to `server`, or sends QUIT
+    /// when enough connections to it are idle already.
+    async fn give_back(&self, server: SocketAddr, host: &str, connection: Connection) {
+        let overflow = {
+            let Ok(mut idle) = self.idle.lock() else {
+                return;
+            };
+            let list = idle.entry((server, host.to_owned())).or_default();
+            if list.len() < MAX_IDLE_PER_SERVER {
+                list.push((connection, Instant::now()));
+                None
+            } else {
+                Some(connection)
+            }
+        };
+        if let Some(connection) = overflow {
+            let _ = connection.quit().await;
+        }
+    }
+
+    /// Takes every idle connection.
+    fn drain(&self) -> Vec<Connection> {
+        let Ok(mut idle) = self.idle.lock() else {
+            return Vec::new();
+        };
+        idle.drain()
+            .flat_map(|(_, list)| list.into_iter().map(|(connection, _)| connection))
+            .collect()
+    }
 }
 
 impl Delivery {
-    /// Creates a delivery with a resolver and settings.
+    /// Creates a delivery with a resolver and settings. Each message opens
+    /// its own connections; see [`Delivery::with_connection_reuse`].
     pub fn new(resolver: MxResolver, config: DeliveryConfig) -> Delivery {
-        Delivery { resolver, config }
+        Delivery {
+            resolver,
+            config,
+            pool: None,
+        }
+    }
+
+    /// Keeps a connection open for up to `idle_limit` after a transaction,
+    /// so the next message to the same server skips the TCP, TLS and EHLO
+    /// round trips. A kept connection that the server has closed, or that
+    /// fails before it accepted anything, is replaced by a new one without
+    /// an error in the report. Call [`Delivery::close_idle`] when done, so
+    /// each server gets its QUIT.
+    #[must_use]
+    pub fn with_connection_reuse(mut self, idle_limit: Duration) -> Delivery {
+        self.pool = Some(Arc::new(ConnectionPool {
+            idle_limit,
+            idle: Mutex::new(HashMap::new()),
+        }));
+        self
+    }
+
+    /// Sends QUIT on every idle connection and closes it.
+    pub async fn close_idle(&self) {
+        let Some(pool) = &self.pool else {
+            return;
+        };
+        for connection in pool.drain() {
+            let _ = connection.quit().await;
+        }
     }
 
     /// The settings.
@@ -328,30 +442,58 @@ impl Delivery {
         report: &mut DeliveryReport,
         results: &mut BTreeMap<usize, RecipientReport>,
     ) -> String {
-        let (connected, retry_note) = self.open(server, host).await;
+        let recipients: Vec<Address> = pending.iter().map(|(_, a)| a.clone()).collect();
+        let idle = match &self.pool {
+            Some(pool) => pool.take(server, host).await,
+            None => None,
+        };
+        let mut retry_note = None;
+        let (connection, transaction) = match idle {
+            Some(mut connection) => {
+                let sent = connection.send(message, &recipients).await;
+                append_transcript(report, server, &mut connection);
+                match sent {
+                    Ok(transaction) if !is_stale(&transaction) => (connection, transaction),
+                    // The server dropped or refused the kept connection before
+                    // it accepted anything, so a new connection cannot cause
+                    // a duplicate (C-TX-06).
+                    _ => {
+                        debug!(%server, "kept connection failed before a transaction; connecting anew");
+                        match self
+                            .fresh_attempt(message, &recipients, server, host, report)
+                            .await
+                        {
+                            Ok((connection, transaction, note)) => {
+                                retry_note = note;
+                                (connection, transaction)
+                            }
+                            Err((error, text)) => {
+                                self.fail_on_rejected_auth(
+                                    &error, &text, server, host, pending, results,
+                                );
+                                return text;
+                            }
+                        }
+                    }
+                }
+            }
+            None => match self
+                .fresh_attempt(message, &recipients, server, host, report)
+                .await
+            {
+                Ok((connection, transaction, note)) => {
+                    retry_note = note;
+                    (connection, transaction)
+                }
+                Err((error, text)) => {
+                    self.fail_on_rejected_auth(&error, &text, server, host, pending, results);
+                    return text;
+                }
+            },
+        };
         let with_note = |text: String| match &retry_note {
             Some(note) => format!("{note}; then: {text}"),
             None => text,
-        };
-        let mut connection = match connected {
-            Ok(connection) => connection,
-            Err(error) => {
-                let text = with_note(error_chain(&error));
-                debug!(error = %text, "connection failed");
-                self.fail_on_rejected_auth(&error, &text, server, host, pending, results);
-                return text;
-            }
-        };
-        let recipients: Vec<Address> = pending.iter().map(|(_, a)| a.clone()).collect();
-        let sent = connection.send(message, &recipients).await;
-        append_transcript(report, server, &mut connection);
-        let transaction = match sent {
-            Ok(transaction) => transaction,
-            Err(error) => {
-                debug!(error = %error_chain(&error), "transaction failed");
-                let _ = connection.quit().await;
-                return error_chain(&error);
-            }
         };
 
         let session_error = connection
@@ -415,10 +557,63 @@ impl Delivery {
         };
         let summary = with_note(summary);
         if connection.is_usable() {
-            let _ = connection.quit().await;
+            match &self.pool {
+                Some(pool) => pool.give_back(server, host, connection).await,
+                None => {
+                    let _ = connection.quit().await;
+                }
+            }
         }
         summary
     }
+
+    /// Opens a new connection and sends the message on it. An error comes
+    /// with its one-line text; a transaction with its connection and the
+    /// note of a plain-text retry under `may`.
+    async fn fresh_attempt(
+        &self,
+        message: &Message,
+        recipients: &[Address],
+        server: SocketAddr,
+        host: &str,
+        report: &mut DeliveryReport,
+    ) -> Result<(Connection, TransactionReport, Option<String>), (ConnectionError, String)> {
+        let (connected, retry_note) = self.open(server, host).await;
+        let with_note = |text: String| match &retry_note {
+            Some(note) => format!("{note}; then: {text}"),
+            None => text,
+        };
+        let mut connection = match connected {
+            Ok(connection) => connection,
+            Err(error) => {
+                let text = with_note(error_chain(&error));
+                debug!(error = %text, "connection failed");
+                return Err((error, text));
+            }
+        };
+        let sent = connection.send(message, recipients).await;
+        append_transcript(report, server, &mut connection);
+        match sent {
+            Ok(transaction) => Ok((connection, transaction, retry_note)),
+            Err(error) => {
+                let text = with_note(error_chain(&error));
+                debug!(error = %text, "transaction failed");
+                let _ = connection.quit().await;
+                Err((error, text))
+            }
+        }
+    }
+}
+
+/// Whether a transaction on a kept connection failed before the server
+/// accepted anything: interrupted, with every recipient still deferred
+/// and none uncertain.
+fn is_stale(transaction: &TransactionReport) -> bool {
+    transaction.interrupted
+        && transaction
+            .recipients
+            .iter()
+            .all(|recipient| recipient.outcome == Outcome::Deferred && !recipient.refused_locally)
 }
 
 impl Delivery {

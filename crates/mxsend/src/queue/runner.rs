@@ -239,6 +239,17 @@ impl QueueRunner {
         mode: RunMode,
         shutdown: impl Future<Output = ()>,
     ) -> Result<RunSummary, StoreError> {
+        let result = self.run_until_done(mode, shutdown).await;
+        // Connections kept for reuse get their QUIT before the run ends.
+        self.delivery.close_idle().await;
+        result
+    }
+
+    async fn run_until_done(
+        &self,
+        mode: RunMode,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<RunSummary, StoreError> {
         let mut summary = RunSummary::default();
         let mut tasks: JoinSet<JobOutput> = JoinSet::new();
         let mut jobs: HashMap<tokio::task::Id, Job> = HashMap::new();
