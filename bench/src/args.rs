@@ -17,7 +17,9 @@ impl Args {
         let mut raw = raw.peekable();
         while let Some(flag) = raw.next() {
             let Some(name) = flag.strip_prefix("--") else {
-                return Err(format!("expected an option such as --count, found {flag:?}"));
+                return Err(format!(
+                    "expected an option such as --count, found {flag:?}"
+                ));
             };
             let Some(value) = raw.next() else {
                 return Err(format!("option --{name} needs a value"));

@@ -30,8 +30,8 @@ pub fn run(args: &Args) -> Result<Outcome, String> {
     let connections = args.number_or("connections", 1)?.max(1);
     let recipient_count = args.number_or("recipients", 1)?;
     let path = args.path("message")?;
-    let content = std::fs::read(&path)
-        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let content =
+        std::fs::read(&path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
 
     let recipients = if recipient_count == 1 {
         vec![parse_address(RECIPIENT)?]
