@@ -81,6 +81,29 @@ pub struct DeliverySection {
     /// --tls`. Absent means verify with a relay and may for MX delivery.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<String>,
+    /// PEM file of CA certificates trusted besides the built-in roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain for relays that ask for one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
+    /// User name for SMTP AUTH; absent means no AUTH.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_user: Option<String>,
+    /// File whose first line is the AUTH password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Shell command that prints the AUTH password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_command: Option<String>,
+    /// SASL mechanism to use instead of the strongest one offered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_mechanism: Option<String>,
+    /// Allow AUTH without TLS, which exposes the password on the network.
+    pub dangerous_plaintext_auth: bool,
     /// What `mxsend sendmail` does after storing a message: "background"
     /// (a detached process delivers it), "inline" (deliver before
     /// returning) or "queue" (leave it to the daemon).
@@ -98,6 +121,14 @@ impl Default for DeliverySection {
             reply_timeout: None,
             pipelining: true,
             tls: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            auth_user: None,
+            password_file: None,
+            password_command: None,
+            auth_mechanism: None,
+            dangerous_plaintext_auth: false,
             submission: "background".to_owned(),
         }
     }
@@ -292,6 +323,116 @@ impl Service {
     }
 }
 
+/// Builds the TLS settings of `[delivery]`, checking that the files it
+/// names can be read.
+fn tls_config(
+    section: &DeliverySection,
+    fail: &dyn Fn(&str, String) -> Failure,
+) -> Result<mxsend::TlsConfig, Failure> {
+    let policy = match &section.tls {
+        Some(text) => Some(
+            text.parse::<mxsend::TlsPolicy>()
+                .map_err(|message| fail("delivery.tls", message))?,
+        ),
+        None => None,
+    };
+    if section.client_cert.is_some() != section.client_key.is_some() {
+        return Err(fail(
+            "delivery.client_cert",
+            "client_cert and client_key must be given together".to_owned(),
+        ));
+    }
+    let tls = mxsend::TlsConfig {
+        policy,
+        ca_file: section.ca_file.clone(),
+        client_cert: section.client_cert.clone(),
+        client_key: section.client_key.clone(),
+        ..mxsend::TlsConfig::default()
+    };
+    tls.check()
+        .map_err(|error| fail("delivery.ca_file", mxsend::delivery::error_chain(&error)))?;
+    Ok(tls)
+}
+
+/// Builds the AUTH settings of `[delivery]`, reading the password from
+/// `password_file`, `password_command` or `MXSEND_PASSWORD`, in that order.
+/// No message contains the password.
+fn auth_settings(
+    section: &DeliverySection,
+    fail: &dyn Fn(&str, String) -> Failure,
+) -> Result<Option<mxsend::proto::AuthSettings>, Failure> {
+    let Some(user) = &section.auth_user else {
+        if section.password_file.is_some() || section.password_command.is_some() {
+            return Err(fail(
+                "delivery.auth_user",
+                "password_file and password_command need auth_user".to_owned(),
+            ));
+        }
+        return Ok(None);
+    };
+    let text = if let Some(path) = &section.password_file {
+        std::fs::read_to_string(path).map_err(|error| {
+            fail(
+                "delivery.password_file",
+                format!("cannot read {}: {error}", path.display()),
+            )
+        })?
+    } else if let Some(command) = &section.password_command {
+        // NOTE: the command runs without a time limit, once, when the
+        // configuration is loaded.
+        let output = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .map_err(|error| {
+                fail(
+                    "delivery.password_command",
+                    format!("cannot run it: {error}"),
+                )
+            })?;
+        if !output.status.success() {
+            return Err(fail(
+                "delivery.password_command",
+                format!("the command failed ({})", output.status),
+            ));
+        }
+        String::from_utf8(output.stdout).map_err(|_| {
+            fail(
+                "delivery.password_command",
+                "the password it printed is not UTF-8".to_owned(),
+            )
+        })?
+    } else if let Ok(value) = std::env::var("MXSEND_PASSWORD") {
+        value
+    } else {
+        return Err(fail(
+            "delivery.auth_user",
+            "no password: set password_file or password_command, or MXSEND_PASSWORD".to_owned(),
+        ));
+    };
+    let password = text.lines().next().unwrap_or_default();
+    if password.is_empty() {
+        return Err(fail(
+            "delivery.auth_user",
+            "the AUTH password is empty".to_owned(),
+        ));
+    }
+    let credentials =
+        mxsend::proto::Credentials::new(user.clone(), mxsend::proto::Secret::new(password));
+    let mut settings = mxsend::proto::AuthSettings::new(credentials);
+    settings.mechanism = match &section.auth_mechanism {
+        Some(name) => Some(
+            crate::args::parse_mechanism(name)
+                .map_err(|message| fail("delivery.auth_mechanism", message))?,
+        ),
+        None => None,
+    };
+    settings.dangerous_allow_plaintext = section.dangerous_plaintext_auth;
+    Ok(Some(settings))
+}
+
 /// Maps a store error to a failure: 75 when trying again later may help,
 /// else 74 (EX_IOERR) for a damaged spool that needs the operator.
 pub fn store_failure(error: mxsend::queue::StoreError) -> Failure {
@@ -445,16 +586,8 @@ fn resolve(file: Option<PathBuf>, config: Config, spool: PathBuf) -> Result<Serv
         timeouts,
         pipelining: config.delivery.pipelining,
         transcript: false,
-        tls: mxsend::TlsConfig {
-            policy: match &config.delivery.tls {
-                Some(text) => Some(
-                    text.parse::<mxsend::TlsPolicy>()
-                        .map_err(|message| fail("delivery.tls", message))?,
-                ),
-                None => None,
-            },
-            ..mxsend::TlsConfig::default()
-        },
+        tls: tls_config(&config.delivery, &fail)?,
+        auth: auth_settings(&config.delivery, &fail)?,
         ..ConnectionConfig::default()
     };
     let delivery = DeliveryConfig {

@@ -957,3 +957,60 @@ async fn sendmail_delivers_and_bounces_through_postfix() {
         "a bounce has the null sender: {bounce}"
     );
 }
+
+/// The configuration's AUTH settings reach the relay: the password comes
+/// from `password_file`, is used, and never appears in the output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_auth_settings_used_for_relay() {
+    const PASSWORD: &str = "sésame-0451";
+    let script = Script::new()
+        .extensions(&["PIPELINING", "8BITMIME", "AUTH PLAIN LOGIN"])
+        .auth("relay-user", PASSWORD);
+    let server = SmtpServer::start(script).await.unwrap();
+    let setup = Setup::new(server.addr().port(), "inline", "");
+    let password_file = setup.dir.path().join("password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+    let config = std::fs::read_to_string(setup.config()).unwrap().replace(
+        "tls = \"none\"\n",
+        &format!(
+            "tls = \"none\"\nauth_user = \"relay-user\"\npassword_file = \"{}\"\n\
+             dangerous_plaintext_auth = true\n",
+            password_file.display()
+        ),
+    );
+    std::fs::write(setup.config(), config).unwrap();
+
+    let check = setup.run(&["config", "check"], b"").await;
+    assert_eq!(status(&check), 0, "{}", stderr(&check));
+    let printed = String::from_utf8_lossy(&check.stdout);
+    assert!(printed.contains("relay-user"), "{printed}");
+    assert!(
+        !printed.contains(PASSWORD),
+        "the password was printed: {printed}"
+    );
+
+    let output = setup.run(&["sendmail", "-t", "-i", "-v"], MESSAGE).await;
+    assert_eq!(status(&output), 0, "{}", stderr(&output));
+    assert!(!stderr(&output).contains(PASSWORD));
+    assert_eq!(server.messages().len(), 1);
+    let session = &server.sessions()[0];
+    assert!(
+        session.commands.iter().any(|c| c.starts_with("AUTH ")),
+        "{:?}",
+        session.commands
+    );
+
+    let wrong = Setup::new(server.addr().port(), "inline", "");
+    let config = std::fs::read_to_string(wrong.config()).unwrap().replace(
+        "tls = \"none\"\n",
+        "tls = \"none\"\npassword_file = \"/nonexistent\"\n",
+    );
+    std::fs::write(wrong.config(), config).unwrap();
+    let output = wrong.run(&["config", "check"], b"").await;
+    assert_eq!(status(&output), 78, "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("delivery.auth_user"),
+        "{}",
+        stderr(&output)
+    );
+}
