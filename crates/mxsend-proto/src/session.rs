@@ -1021,7 +1021,10 @@ impl ClientSession {
 
     /// Records that the driver wrote the whole content and the final dot.
     pub fn data_sent(&mut self) {
-        if !matches!(self.state, State::SendingData) {
+        // With BDAT the last chunk ends the data phase, so this call has
+        // nothing to end, and taking it would make the session wait for a
+        // reply to a dot that was never sent.
+        if !matches!(self.state, State::SendingData) || self.is_chunking() {
             return;
         }
         if let Some(transaction) = &mut self.transaction {
