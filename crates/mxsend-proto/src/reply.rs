@@ -290,6 +290,9 @@ impl ReplyParser {
 
     /// Adds bytes received from the server.
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
         if self.start > 0 && self.start == self.buffer.len() {
             self.buffer.clear();
             self.start = 0;
@@ -317,6 +320,12 @@ impl ReplyParser {
         let result = self.parse_lines();
         if let Err(error) = &result {
             self.failed = Some(error.clone());
+            // Nothing more is parsed, so the bytes of the bad line go now
+            // rather than staying in memory with the session.
+            self.buffer = Vec::new();
+            self.start = 0;
+            self.partial = None;
+            self.partial_size = 0;
         }
         result
     }
