@@ -77,16 +77,26 @@ const POSTFIX_MX: &str = "mx.postfix.test";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corpus_stored_by_aiosmtpd() {
-    const TEST: &str = "corpus_stored_by_aiosmtpd";
-    let Some(inputs) = load_inputs(TEST) else {
+    corpus_through_aiosmtpd("corpus_stored_by_aiosmtpd", false).await;
+}
+
+/// The same with SMTPUTF8 offered, so messages with UTF-8 header fields
+/// go with the SMTPUTF8 parameter (RFC 6531 section 3.4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corpus_stored_by_aiosmtpd_with_smtputf8() {
+    corpus_through_aiosmtpd("corpus_stored_by_aiosmtpd_with_smtputf8", true).await;
+}
+
+async fn corpus_through_aiosmtpd(test: &str, smtputf8: bool) {
+    let Some(inputs) = load_inputs(test) else {
         return;
     };
     if let Some(reason) = peers::aiosmtpd_missing() {
-        peers::skip_unless_ci(TEST, &reason);
+        peers::skip_unless_ci(test, &reason);
         return;
     }
 
-    let server = Aiosmtpd::start().await;
+    let server = Aiosmtpd::start(smtputf8).await;
     let dns = start_dns(AIOSMTPD_DOMAIN, AIOSMTPD_MX).await;
     let delivery = delivery_through(&dns, server.port());
     let recipients: Vec<String> = (0..inputs.len())
@@ -99,7 +109,7 @@ async fn corpus_stored_by_aiosmtpd() {
     // messages went out one after another, so the n-th delivered message is
     // <n>.eml.
     for (number, sent) in (1..).zip(&run.sent) {
-        if let Err(problem) = check_aiosmtpd_message(&server.messages(), number, sent) {
+        if let Err(problem) = check_aiosmtpd_message(&server.messages(), number, sent, smtputf8) {
             run.failures.push(format!("{}: {problem}", sent.input.name));
         }
     }
@@ -437,7 +447,12 @@ fn check_dns_used(dns: &DnsServer, run: &mut Run) {
 }
 
 /// Checks aiosmtpd's `<number>.eml` and `<number>.json` against `sent`.
-fn check_aiosmtpd_message(folder: &Path, number: usize, sent: &Sent) -> Result<(), String> {
+fn check_aiosmtpd_message(
+    folder: &Path,
+    number: usize,
+    sent: &Sent,
+    smtputf8: bool,
+) -> Result<(), String> {
     let message_path = folder.join(format!("{number}.eml"));
     let envelope_path = folder.join(format!("{number}.json"));
     let stored = std::fs::read(&message_path)
@@ -456,6 +471,22 @@ fn check_aiosmtpd_message(folder: &Path, number: usize, sent: &Sent) -> Result<(
     }
     if !envelope.contains(&format!("\"mail_from\": \"{SENDER}\"")) {
         return Err(format!("envelope sender is not <{SENDER}>: {envelope}"));
+    }
+    // SMTPUTF8 goes with a header section that has 8-bit octets, and only
+    // to a server that offers it (RFC 6531 section 3.4).
+    let header_8bit = {
+        let mut scan = mxsend::proto::data::ContentScan::new();
+        scan.update(&sent.input.content);
+        scan.header_has_8bit()
+    };
+    let asked_utf8 = envelope.contains("\"SMTPUTF8\"");
+    if asked_utf8 != (smtputf8 && header_8bit) {
+        return Err(format!(
+            "MAIL {} SMTPUTF8 for a header section {} 8-bit octets, with SMTPUTF8 {}: {envelope}",
+            if asked_utf8 { "had" } else { "did not have" },
+            if header_8bit { "with" } else { "without" },
+            if smtputf8 { "offered" } else { "not offered" },
+        ));
     }
     let body_8bit = envelope.contains("\"BODY=8BITMIME\"");
     if body_8bit != sent.input.is_eight_bit() {

@@ -112,9 +112,9 @@ pub struct Aiosmtpd {
 
 impl Aiosmtpd {
     /// Starts `scripts/aiosmtpd-store` on a free port, with 8BITMIME offered
-    /// and SMTPUTF8 not offered (the script's defaults), and waits for its
+    /// and SMTPUTF8 offered only when `smtputf8` is true, and waits for its
     /// "ready" line.
-    pub async fn start() -> Aiosmtpd {
+    pub async fn start(smtputf8: bool) -> Aiosmtpd {
         let folder = tempfile::tempdir().expect("creating a temporary folder failed");
         let port = free_port();
 
@@ -128,6 +128,11 @@ impl Aiosmtpd {
             .arg(port.to_string())
             .arg("--dir")
             .arg(folder.path().join("messages"))
+            .arg(if smtputf8 {
+                "--smtputf8"
+            } else {
+                "--no-smtputf8"
+            })
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
