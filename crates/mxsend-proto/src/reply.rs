@@ -322,12 +322,18 @@ impl ReplyParser {
             self.failed = Some(error.clone());
             // Nothing more is parsed, so the bytes of the bad line go now
             // rather than staying in memory with the session.
-            self.buffer = Vec::new();
-            self.start = 0;
-            self.partial = None;
-            self.partial_size = 0;
+            self.discard();
         }
         result
+    }
+
+    /// Drops every buffered byte and any incomplete reply, for a session
+    /// that reads no more replies.
+    pub fn discard(&mut self) {
+        self.buffer = Vec::new();
+        self.start = 0;
+        self.partial = None;
+        self.partial_size = 0;
     }
 
     fn parse_lines(&mut self) -> Result<Option<Reply>, ReplyError> {

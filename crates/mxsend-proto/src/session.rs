@@ -1416,6 +1416,8 @@ impl ClientSession {
 
     fn close(&mut self, result: Result<(), SessionError>) {
         self.pending.clear();
+        // Bytes after the last reply are never read, so they go now.
+        self.parser.discard();
         self.state = State::Closed;
         self.events.push_back(Event::Closed(result));
     }
