@@ -5,7 +5,9 @@
 //!
 //! Both exchangers of `example.net` are the same testkit server. The first
 //! connection (the primary, preference 10) follows the fault, and the
-//! second connection (the backup, preference 20) behaves well.
+//! second connection (the backup, preference 20) behaves well. The
+//! STARTTLS row uses a server that offers TLS, under the `may` policy that
+//! MX delivery uses by default.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -16,7 +18,7 @@ use mxsend::{
     ConnectionConfig, Delivery, DeliveryConfig, DeliveryReport, Message, MxResolver, Nameserver,
     ResolverSettings, Route,
 };
-use mxsend_testkit::{Action, DnsServer, Point, Script, SmtpServer, Zone};
+use mxsend_testkit::{Action, DnsServer, Point, Script, SmtpServer, TestCa, Zone};
 
 /// Reply timeout of every phase: short, so that the `Silent` cells finish
 /// quickly, and still far above loopback round trips.
@@ -28,6 +30,9 @@ const CELL_LIMIT: Duration = Duration::from_secs(20);
 enum At {
     Greeting,
     Ehlo,
+    /// The STARTTLS command, for a server that offers TLS, under the
+    /// default `may` policy of MX delivery.
+    StartTls,
     Mail,
     Rcpt,
     Data,
@@ -81,6 +86,10 @@ fn expected_outcome(at: At, fault: Fault) -> (Outcome, Taken) {
         // accepts, so the message still goes to the primary.
         (At::Ehlo, Temporary4xx | Permanent5xx) => (Delivered, Taken::Primary),
 
+        // Under `may`, a refused STARTTLS (RFC 3207 section 4 names 454)
+        // leaves a plain session with the same server (C-TLS-01).
+        (At::StartTls, Temporary4xx | Permanent5xx) => (Delivered, Taken::Primary),
+
         // A 5xx to MAIL, RCPT, DATA or the final dot is final for the
         // recipient (C-TX-03, C-TX-05): no other exchanger is tried.
         (At::Mail | At::Rcpt | At::Data | At::DataEnd, Permanent5xx) => (Failed, Taken::Nobody),
@@ -105,6 +114,7 @@ fn point(at: At) -> Point {
     match at {
         At::Greeting => Point::Connect,
         At::Ehlo => Point::Ehlo,
+        At::StartTls => Point::StartTls,
         At::Mail => Point::Mail,
         At::Rcpt => Point::Rcpt,
         At::Data => Point::Data,
@@ -116,7 +126,7 @@ fn point(at: At) -> Point {
 /// The primary's misbehaviour as a testkit action.
 fn action(at: At, fault: Fault) -> Action {
     let code = match at {
-        At::Greeting => "220",
+        At::Greeting | At::StartTls => "220",
         At::Data => "354",
         At::Quit => "221",
         _ => "250",
@@ -142,7 +152,14 @@ fn action(at: At, fault: Fault) -> Action {
 }
 
 async fn run_cell(at: At, fault: Fault) -> Result<(), String> {
-    let script = Script::new().on(point(at).session(1), action(at, fault));
+    let mut script = Script::new();
+    if at == At::StartTls {
+        let certificate = TestCa::new()
+            .and_then(|ca| ca.server_certificate(&["primary.example.net"], false))
+            .map_err(|e| e.to_string())?;
+        script = script.starttls(certificate.server_config().map_err(|e| e.to_string())?);
+    }
+    let script = script.on(point(at).session(1), action(at, fault));
     let smtp = SmtpServer::start(script).await.map_err(|e| e.to_string())?;
     let zone = Zone::new()
         .mx("example.net", 10, "primary.example.net")
@@ -164,6 +181,17 @@ async fn run_cell(at: At, fault: Fault) -> Result<(), String> {
         .await
         .map_err(|_| format!("no report within {CELL_LIMIT:?}"))?;
     smtp.wait_for_sessions(1, Duration::from_secs(5)).await;
+    if at == At::StartTls {
+        let sessions = smtp.sessions();
+        let asked = sessions
+            .first()
+            .is_some_and(|s| s.commands.iter().any(|c| c == "STARTTLS"));
+        if !asked {
+            return Err(format!(
+                "the primary was not asked for STARTTLS: {sessions:?}"
+            ));
+        }
+    }
     let (outcome, taken) = expected_outcome(at, fault);
     check(&report, &smtp, outcome, taken)
 }
@@ -250,6 +278,7 @@ async fn fault_matrix() {
     let points = [
         At::Greeting,
         At::Ehlo,
+        At::StartTls,
         At::Mail,
         At::Rcpt,
         At::Data,
