@@ -161,9 +161,12 @@ pub fn xtext(text: &str) -> String {
 }
 
 /// Formats the ORCPT value: `rfc822;` with the address in xtext, or, for an
-/// address that is not ASCII, `utf-8;` with the address in
-/// utf-8-addr-xtext (RFC 6533 section 3), where each character outside
-/// printable ASCII, `+`, `=` and `\` is written as `\x{HEX}`.
+/// address that is not ASCII, `utf-8;` with the address in the
+/// utf-8-addr-xtext form of RFC 6533.
+///
+/// In that form, printable ASCII other than `+`, `=` and `\` stays as it
+/// is, and so do non-ASCII characters other than spaces. Every other
+/// character is written as `\x{HEX}`.
 fn original_recipient(address: &Address) -> String {
     if address.is_ascii() {
         return format!("rfc822;{}", xtext(address.as_str()));
