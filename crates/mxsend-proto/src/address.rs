@@ -105,6 +105,9 @@ impl Address {
         if !is_valid_domain(domain) {
             return Err(AddressError::InvalidDomain { address: address() });
         }
+        // A trailing dot is DNS notation; RFC 5321 section 4.1.2 has no
+        // room for it in a path, and servers reject `user@example.org.`.
+        let text = text.strip_suffix('.').unwrap_or(text);
         Ok(Address {
             text: text.to_owned(),
             at,
@@ -121,7 +124,8 @@ impl Address {
         &self.text[..self.at]
     }
 
-    /// The part after the last `@`, as given (case and a trailing dot kept).
+    /// The part after the last `@`, as given, with its letter case kept and
+    /// without a trailing dot.
     pub fn domain(&self) -> &str {
         &self.text[self.at + 1..]
     }
@@ -273,7 +277,10 @@ mod tests {
     fn domains_checked() {
         assert!(Address::parse("a@[192.0.2.1]").is_ok());
         assert!(Address::parse("a@[IPv6:2001:db8::1]").is_ok());
-        assert!(Address::parse("a@example.net.").is_ok());
+        assert_eq!(
+            Address::parse("a@example.net.").unwrap().as_str(),
+            "a@example.net"
+        );
         assert!(Address::parse("a@bücher.example").is_ok());
         for input in ["a@-x.test", "a@x..test", "a@[300.1.1.1]", "a@x y.test"] {
             assert!(Address::parse(input).is_err(), "{input}");
