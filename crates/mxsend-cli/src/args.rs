@@ -357,6 +357,11 @@ pub fn parse_dsn_return(text: &str) -> Result<mxsend::proto::DsnReturn, String> 
 /// Parses `IP` or `IP:PORT`, with IPv6 in brackets when a port is given.
 pub fn parse_nameserver(text: &str) -> Result<SocketAddr, String> {
     if let Ok(address) = text.parse::<SocketAddr>() {
+        if address.port() == 0 {
+            return Err(format!(
+                "invalid nameserver {text:?}: port 0 is not a port to ask"
+            ));
+        }
         return Ok(address);
     }
     let bare = text.trim_start_matches('[').trim_end_matches(']');
@@ -388,7 +393,7 @@ pub fn parse_relay(text: &str) -> Result<(String, u16), String> {
         Some((host, port)) => (host, port.parse().map_err(|_| invalid())?),
         None => (text, mxsend::DEFAULT_PORT),
     };
-    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if host.is_empty() || port == 0 || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(invalid());
     }
     Ok((host.to_owned(), port))
@@ -408,6 +413,7 @@ mod tests {
         assert_eq!(parse_relay("[::1]:2525").unwrap(), ("::1".into(), 2525));
         assert_eq!(parse_relay("::1").unwrap(), ("::1".into(), 25));
         assert!(parse_relay("mx.test:port").is_err());
+        assert!(parse_relay("127.0.0.1:0").is_err());
         assert!(parse_relay("").is_err());
     }
 
@@ -417,5 +423,6 @@ mod tests {
         assert_eq!(parse_nameserver("127.0.0.1:5353").unwrap().port(), 5353);
         assert_eq!(parse_nameserver("[::1]:5353").unwrap().port(), 5353);
         assert!(parse_nameserver("dns.example").is_err());
+        assert!(parse_nameserver("127.0.0.1:0").is_err());
     }
 }
