@@ -54,6 +54,10 @@ pub struct Identity {
     /// `root@DOMAIN`); default the EHLO name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub qualify_domain: Option<String>,
+    /// IP addresses of this host. A domain whose exchangers include one of
+    /// them gets mail only through exchangers preferred to this host.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
 }
 
 /// `[delivery]`.
@@ -268,6 +272,8 @@ pub struct Service {
     pub max_size: Option<u64>,
     /// What sendmail does after storing.
     pub submission: Submission,
+    /// This host's addresses, from `identity.addresses`.
+    pub own_addresses: Vec<std::net::IpAddr>,
 }
 
 impl Service {
@@ -319,7 +325,8 @@ impl Service {
         // Messages to one server in a queue run share a connection while it
         // stays idle for less than CONNECTION_IDLE_LIMIT.
         Ok(Delivery::new(resolver, self.delivery.clone())
-            .with_connection_reuse(CONNECTION_IDLE_LIMIT))
+            .with_connection_reuse(CONNECTION_IDLE_LIMIT)
+            .with_own_addresses(self.own_addresses.clone()))
     }
 }
 
@@ -657,6 +664,17 @@ fn resolve(file: Option<PathBuf>, config: Config, spool: PathBuf) -> Result<Serv
         Some(text) => Some(parse_size(text).map_err(|message| fail("spool.max_size", message))?),
         None => None,
     };
+    let mut own_addresses = Vec::new();
+    for text in &config.identity.addresses {
+        let address = text.parse::<std::net::IpAddr>().map_err(|_| {
+            fail(
+                "identity.addresses",
+                format!("invalid IP address {text:?}: expected such as 192.0.2.1 or 2001:db8::1"),
+            )
+        })?;
+        own_addresses.push(address);
+    }
+
     Ok(Service {
         file,
         config,
@@ -668,6 +686,7 @@ fn resolve(file: Option<PathBuf>, config: Config, spool: PathBuf) -> Result<Serv
         queue,
         max_size,
         submission,
+        own_addresses,
     })
 }
 

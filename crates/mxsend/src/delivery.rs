@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use tracing::{Instrument, debug, debug_span};
 
 use crate::connection::{Connection, ConnectionConfig, ConnectionError};
 use crate::message::Message;
-use crate::resolver::{MxError, MxPlan, MxResolver};
+use crate::resolver::{MxError, MxPlan, MxResolver, MxSource};
 use crate::tls::TlsPolicy;
 
 /// The default SMTP port for MX delivery.
@@ -186,6 +186,8 @@ pub struct Delivery {
     resolver: MxResolver,
     config: DeliveryConfig,
     pool: Option<Arc<ConnectionPool>>,
+    /// Addresses of this host, which must not be used as exchangers.
+    own_addresses: Arc<[IpAddr]>,
 }
 
 /// Most idle connections kept for one server, so a burst to one host does
@@ -277,7 +279,19 @@ impl Delivery {
             resolver,
             config,
             pool: None,
+            own_addresses: Arc::from([]),
         }
+    }
+
+    /// Declares the addresses of this host. When one of a domain's
+    /// exchangers has one of them, this host is that exchanger, so the
+    /// message may only go to exchangers with a lower preference value; with
+    /// none left, it would loop back here and fails instead (RFC 5321
+    /// section 5.1, C-MX-06).
+    #[must_use]
+    pub fn with_own_addresses(mut self, addresses: Vec<IpAddr>) -> Delivery {
+        self.own_addresses = Arc::from(addresses);
+        self
     }
 
     /// Keeps a connection open for up to `idle_limit` after a transaction,
@@ -343,6 +357,36 @@ impl Delivery {
         groups
     }
 
+    /// Removes this host and every less preferred exchanger from an MX
+    /// plan, or returns why nothing is left.
+    fn without_own_exchangers(&self, mut plan: MxPlan) -> Result<MxPlan, String> {
+        if self.own_addresses.is_empty() || plan.source != MxSource::Mx {
+            return Ok(plan);
+        }
+        let own = plan
+            .hosts
+            .iter()
+            .filter(|host| {
+                host.addresses
+                    .iter()
+                    .any(|ip| self.own_addresses.contains(ip))
+            })
+            .map(|host| (host.preference, host.name.clone()))
+            .min();
+        let Some((preference, name)) = own else {
+            return Ok(plan);
+        };
+        plan.hosts.retain(|host| host.preference < preference);
+        if plan.hosts.is_empty() {
+            return Err(format!(
+                "mail for {} loops back to this host: it is the exchanger {name} (preference \
+                 {preference}), and no exchanger is preferred to it",
+                plan.domain
+            ));
+        }
+        Ok(plan)
+    }
+
     async fn plan(&self, destination: &str) -> Result<(MxPlan, u16), MxError> {
         match &self.config.route {
             Route::Mx => Ok((self.resolver.resolve(destination).await?, self.config.port)),
@@ -379,6 +423,29 @@ impl Delivery {
                             host: None,
                             server: None,
                             no_such_domain: matches!(error, MxError::NoSuchDomain { .. }),
+                        },
+                    );
+                }
+                return;
+            }
+        };
+
+        let plan = match self.without_own_exchangers(plan) {
+            Ok(plan) => plan,
+            Err(reason) => {
+                debug!(%reason, "mail loops back");
+                for (index, address) in pending {
+                    results.insert(
+                        index,
+                        RecipientReport {
+                            address: address.to_string(),
+                            outcome: Outcome::Failed,
+                            reply: None,
+                            local: false,
+                            reason: reason.clone(),
+                            host: None,
+                            server: None,
+                            no_such_domain: false,
                         },
                     );
                 }
