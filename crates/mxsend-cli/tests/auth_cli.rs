@@ -80,10 +80,9 @@ async fn mxsend(args: &[String], password_variable: Option<&str>) -> Output {
     }
     let mut child = command.spawn().expect("spawn mxsend");
     let mut input = child.stdin.take().expect("stdin");
-    input
-        .write_all(MESSAGE.as_bytes())
-        .await
-        .expect("write stdin");
+    // mxsend exits before it reads standard input on a usage error, and
+    // then the write fails with a broken pipe; the exit status tells.
+    let _ = input.write_all(MESSAGE.as_bytes()).await;
     drop(input);
     tokio::time::timeout(RUN_TIMEOUT, child.wait_with_output())
         .await

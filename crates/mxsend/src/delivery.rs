@@ -25,7 +25,7 @@ use tracing::{Instrument, debug, debug_span};
 
 use crate::connection::{Connection, ConnectionConfig, ConnectionError};
 use crate::message::Message;
-use crate::resolver::{MxError, MxPlan, MxResolver, MxSource};
+use crate::resolver::{MxError, MxHost, MxPlan, MxResolver, MxSource};
 use crate::tls::TlsPolicy;
 
 /// The default SMTP port for MX delivery.
@@ -188,7 +188,15 @@ pub struct Delivery {
     pool: Option<Arc<ConnectionPool>>,
     /// Addresses of this host, which must not be used as exchangers.
     own_addresses: Arc<[IpAddr]>,
+    /// Servers that recently took nothing, with the time they failed.
+    unusable: Arc<Mutex<HashMap<SocketAddr, Instant>>>,
 }
+
+/// How long a server that took nothing (refused the connection, timed out,
+/// greeted with an error) is tried after the other exchangers, as
+/// Twisted's `MXCalculator.markBad` does, so that each new message does not
+/// wait for the same dead host first (C-Q-03).
+const UNUSABLE_SERVER_TIME: Duration = Duration::from_secs(5 * 60);
 
 /// Most idle connections kept for one server, so a burst to one host does
 /// not leave many sockets open afterwards.
@@ -280,6 +288,7 @@ impl Delivery {
             config,
             pool: None,
             own_addresses: Arc::from([]),
+            unusable: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -355,6 +364,30 @@ impl Delivery {
             groups.entry(key).or_default().push(index);
         }
         groups
+    }
+
+    /// Lists the plan's addresses in order, with the servers that recently
+    /// took nothing moved after the others.
+    fn usable_first<'a>(&self, plan: &'a MxPlan, port: u16) -> Vec<(&'a MxHost, IpAddr)> {
+        let mut addresses: Vec<(&MxHost, IpAddr)> = plan.addresses().collect();
+        let Ok(mut unusable) = self.unusable.lock() else {
+            return addresses;
+        };
+        unusable.retain(|_, since| since.elapsed() < UNUSABLE_SERVER_TIME);
+        addresses.sort_by_key(|(_, ip)| unusable.contains_key(&SocketAddr::new(*ip, port)));
+        addresses
+    }
+
+    /// Records whether `server` took nothing in its last attempt.
+    fn remember(&self, server: SocketAddr, took_nothing: bool) {
+        let Ok(mut unusable) = self.unusable.lock() else {
+            return;
+        };
+        if took_nothing {
+            unusable.insert(server, Instant::now());
+        } else {
+            unusable.remove(&server);
+        }
     }
 
     /// Removes this host and every less preferred exchanger from an MX
@@ -463,16 +496,20 @@ impl Delivery {
             });
             last_error = result;
         }
-        for (host, ip) in plan.addresses() {
+        for (host, ip) in self.usable_first(&plan, port) {
             if pending.is_empty() {
                 break;
             }
             let server = SocketAddr::new(ip, port);
             let span = debug_span!("attempt", mx = %host.name, ip = %ip);
+            let before = pending.len();
             let outcome = self
                 .attempt(message, server, &host.name, &mut pending, report, results)
                 .instrument(span)
                 .await;
+            let took_nothing = pending.len() == before
+                && !results.values().any(|result| result.server == Some(server));
+            self.remember(server, took_nothing);
             report.attempts.push(Attempt {
                 host: host.name.clone(),
                 server: Some(server),

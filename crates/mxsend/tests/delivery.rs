@@ -1028,3 +1028,33 @@ async fn tutorial_rejects_bad_arguments_before_network() {
     })
     .await;
 }
+
+// C-Q-03: a server that took nothing is tried after the others for a
+// while, so the next message does not wait for it first.
+#[tokio::test]
+async fn unusable_exchanger_tried_last_next_time() {
+    bounded(async {
+        let zone = Zone::new()
+            .mx("dead.test", 10, "down.dead.test")
+            .mx("dead.test", 20, "up.dead.test")
+            // Nothing listens on 127.0.0.2, so the connection is refused.
+            .a("down.dead.test", Ipv4Addr::new(127, 0, 0, 2))
+            .a("up.dead.test", Ipv4Addr::LOCALHOST);
+        let (_dns, smtp, delivery) = peers(zone, Script::new()).await;
+
+        let first = delivery
+            .deliver(&message(&["a@dead.test"], BODY).await)
+            .await;
+        let hosts: Vec<&str> = first.attempts.iter().map(|a| a.host.as_str()).collect();
+        assert_eq!(hosts, ["down.dead.test", "up.dead.test"], "{first:?}");
+
+        let second = delivery
+            .deliver(&message(&["b@dead.test"], BODY).await)
+            .await;
+        let hosts: Vec<&str> = second.attempts.iter().map(|a| a.host.as_str()).collect();
+        assert_eq!(hosts, ["up.dead.test"], "{second:?}");
+        assert_eq!(second.recipients[0].outcome, Outcome::Delivered);
+        assert_eq!(smtp.messages().len(), 2);
+    })
+    .await;
+}
