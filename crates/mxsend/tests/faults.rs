@@ -7,13 +7,13 @@
 //! connection (the primary, preference 10) follows the fault, and the
 //! second connection (the backup, preference 20) behaves well. The
 //! STARTTLS row uses a server that offers TLS, under the `may` policy that
-//! MX delivery uses by default.
+//! MX delivery uses by default, and the AUTH row a client with credentials.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use mxsend::proto::data::DataPolicy;
-use mxsend::proto::{Address, Outcome, Timeouts};
+use mxsend::proto::{Address, AuthSettings, Credentials, Outcome, Secret, Timeouts};
 use mxsend::{
     ConnectionConfig, Delivery, DeliveryConfig, DeliveryReport, Message, MxResolver, Nameserver,
     ResolverSettings, Route,
@@ -24,6 +24,8 @@ use mxsend_testkit::{Action, DnsServer, Point, Script, SmtpServer, TestCa, Zone}
 /// quickly, and still far above loopback round trips.
 const STEP_TIMEOUT: Duration = Duration::from_millis(700);
 const CELL_LIMIT: Duration = Duration::from_secs(20);
+const AUTH_USER: &str = "fault-user";
+const AUTH_PASSWORD: &str = "fault-password";
 
 /// Where the primary misbehaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +35,9 @@ enum At {
     /// The STARTTLS command, for a server that offers TLS, under the
     /// default `may` policy of MX delivery.
     StartTls,
+    /// The AUTH command, for a client with credentials and a server that
+    /// offers AUTH (in plain text, which the client is told to allow).
+    Auth,
     Mail,
     Rcpt,
     Data,
@@ -104,8 +109,10 @@ fn expected_outcome(at: At, fault: Fault) -> (Outcome, Taken) {
 
         // Everything else is a failure of the primary before it took the
         // message: a lost connection, silence, 421 (also after the final
-        // dot, C-TX-07), a 4xx (C-TX-03), or a reply out of step, such as
-        // an extra reply right after 354. The backup gets the message.
+        // dot, C-TX-07), a 4xx (C-TX-03), a refused AUTH (a 535 is final
+        // only for a relay, RFC 4954 section 6), or a reply out of step,
+        // such as an extra reply right after 354. The backup gets the
+        // message.
         _ => (Delivered, Taken::Backup),
     }
 }
@@ -115,6 +122,7 @@ fn point(at: At) -> Point {
         At::Greeting => Point::Connect,
         At::Ehlo => Point::Ehlo,
         At::StartTls => Point::StartTls,
+        At::Auth => Point::Auth,
         At::Mail => Point::Mail,
         At::Rcpt => Point::Rcpt,
         At::Data => Point::Data,
@@ -128,6 +136,7 @@ fn action(at: At, fault: Fault) -> Action {
     let code = match at {
         At::Greeting | At::StartTls => "220",
         At::Data => "354",
+        At::Auth => "235",
         At::Quit => "221",
         _ => "250",
     };
@@ -159,6 +168,16 @@ async fn run_cell(at: At, fault: Fault) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         script = script.starttls(certificate.server_config().map_err(|e| e.to_string())?);
     }
+    if at == At::Auth {
+        script = script
+            .extensions(&[
+                "PIPELINING",
+                "8BITMIME",
+                "ENHANCEDSTATUSCODES",
+                "AUTH PLAIN LOGIN",
+            ])
+            .auth(AUTH_USER, AUTH_PASSWORD);
+    }
     let script = script.on(point(at).session(1), action(at, fault));
     let smtp = SmtpServer::start(script).await.map_err(|e| e.to_string())?;
     let zone = Zone::new()
@@ -167,7 +186,7 @@ async fn run_cell(at: At, fault: Fault) -> Result<(), String> {
         .a("primary.example.net", Ipv4Addr::LOCALHOST)
         .a("backup.example.net", Ipv4Addr::LOCALHOST);
     let dns = DnsServer::start(zone).await.map_err(|e| e.to_string())?;
-    let delivery = delivery(&dns, smtp.addr().port());
+    let delivery = delivery(&dns, smtp.addr().port(), at == At::Auth);
     let message = Message::from_bytes(
         Some(Address::parse("sender@client.test").unwrap()),
         vec![Address::parse("rcpt@example.net").unwrap()],
@@ -237,7 +256,7 @@ fn check(
     Ok(())
 }
 
-fn delivery(dns: &DnsServer, port: u16) -> Delivery {
+fn delivery(dns: &DnsServer, port: u16, authenticate: bool) -> Delivery {
     let resolver = MxResolver::new(&ResolverSettings {
         nameserver: Nameserver::At(dns.addr()),
         timeout: Duration::from_secs(5),
@@ -245,7 +264,7 @@ fn delivery(dns: &DnsServer, port: u16) -> Delivery {
     })
     .expect("resolver");
     let step = STEP_TIMEOUT;
-    let connection = ConnectionConfig {
+    let mut connection = ConnectionConfig {
         helo_name: Some("client.test".to_owned()),
         connect_timeout: Duration::from_secs(5),
         timeouts: Timeouts {
@@ -261,6 +280,12 @@ fn delivery(dns: &DnsServer, port: u16) -> Delivery {
         },
         ..ConnectionConfig::default()
     };
+    if authenticate {
+        let credentials = Credentials::new(AUTH_USER.to_owned(), Secret::new(AUTH_PASSWORD));
+        let mut settings = AuthSettings::new(credentials);
+        settings.dangerous_allow_plaintext = true;
+        connection.auth = Some(settings);
+    }
     Delivery::new(
         resolver,
         DeliveryConfig {
@@ -279,6 +304,7 @@ async fn fault_matrix() {
         At::Greeting,
         At::Ehlo,
         At::StartTls,
+        At::Auth,
         At::Mail,
         At::Rcpt,
         At::Data,
