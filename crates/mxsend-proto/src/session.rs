@@ -802,6 +802,9 @@ pub struct ClientSession {
     events: VecDeque<Event>,
     extensions: Option<Extensions>,
     transaction: Option<Transaction>,
+    /// The next transaction, started while the reply to the current one's
+    /// final dot is outstanding (see [`ClientSession::queue_transaction`]).
+    queued: Option<Transaction>,
     transcript: Vec<TranscriptLine>,
     /// The state of STARTTLS and AUTH.
     security: security::Security,
@@ -820,6 +823,7 @@ impl ClientSession {
             events: VecDeque::new(),
             extensions: None,
             transaction: None,
+            queued: None,
             transcript: Vec::new(),
             security: security::Security::new(config_implicit_tls),
         }
@@ -972,14 +976,66 @@ impl ClientSession {
                 phase: self.phase(),
             });
         }
+        let transaction = self.new_transaction(envelope);
+        if transaction.next_rcpt(None).is_none() {
+            // Nothing goes to the server, so the session stays ready.
+            self.events
+                .push_back(Event::TransactionComplete(transaction.report(false)));
+            self.events.push_back(Event::Ready);
+            return Ok(());
+        }
+
+        self.state = State::ExpectReplies;
+        self.send_opening_commands(&transaction);
+        self.transaction = Some(transaction);
+        Ok(())
+    }
+
+    /// Starts the next transaction while the reply to the final dot of the
+    /// current one is outstanding, so that its MAIL, RCPT and DATA can go
+    /// out in the same write as the dot (RFC 2920 section 3.1 allows the
+    /// end of the data to start a pipelined group). The current
+    /// transaction's report still comes first.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::NotReady`] unless the server advertised PIPELINING,
+    /// the session waits only for the reply to a final dot sent after DATA,
+    /// and no transaction is queued yet. The same error comes when no
+    /// recipient can go to this server, because that report would come
+    /// before the current one's. Then call
+    /// [`ClientSession::start_transaction`] once the session is ready.
+    pub fn queue_transaction(&mut self, envelope: Envelope) -> Result<(), SessionError> {
+        let pipelining =
+            self.config.pipelining && self.extensions.as_ref().is_some_and(|e| e.pipelining);
+        let waits_for_dot = matches!(self.state, State::ExpectReplies)
+            && self.pending.len() == 1
+            && self.pending.front() == Some(&Pending::DataEnd { discard: false })
+            && self.transaction.as_ref().is_some_and(|t| !t.chunked)
+            && self.queued.is_none();
+        let not_ready = SessionError::NotReady {
+            phase: self.phase(),
+        };
+        if !(pipelining && waits_for_dot) {
+            return Err(not_ready);
+        }
+        let transaction = self.new_transaction(envelope);
+        if transaction.next_rcpt(None).is_none() {
+            return Err(not_ready);
+        }
+        self.send_opening_commands(&transaction);
+        self.queued = Some(transaction);
+        Ok(())
+    }
+
+    fn new_transaction(&self, envelope: Envelope) -> Transaction {
         let pipelined =
             self.config.pipelining && self.extensions.as_ref().is_some_and(|e| e.pipelining);
         let extensions = self.extensions.clone().unwrap_or_default();
         let chunked = self.config.chunking && extensions.chunking;
         let count = envelope.recipients.len();
         let (forward_paths, refusals) = plan_recipients(&envelope, &extensions);
-
-        let transaction = Transaction {
+        Transaction {
             forward_paths,
             refusals,
             envelope,
@@ -990,33 +1046,25 @@ impl ClientSession {
             pipelined,
             chunked,
             data_sent: false,
-        };
-        if transaction.next_rcpt(None).is_none() {
-            // Nothing goes to the server, so the session stays ready.
-            self.events
-                .push_back(Event::TransactionComplete(transaction.report(false)));
-            self.events.push_back(Event::Ready);
-            return Ok(());
         }
+    }
 
+    /// Sends MAIL, and with pipelining every RCPT and (without BDAT) DATA.
+    fn send_opening_commands(&mut self, transaction: &Transaction) {
+        let extensions = self.extensions.clone().unwrap_or_default();
         let mail = mail_command(&transaction.envelope, &extensions);
-        self.transaction = Some(transaction);
-        self.state = State::ExpectReplies;
         self.send_command(&mail, Pending::Mail);
-        if pipelined {
-            let mut next = self.transaction.as_ref().and_then(|t| t.next_rcpt(None));
+        if transaction.pipelined {
+            let mut next = transaction.next_rcpt(None);
             while let Some(index) = next {
-                self.send_rcpt(index);
-                next = self
-                    .transaction
-                    .as_ref()
-                    .and_then(|t| t.next_rcpt(Some(index)));
+                let command = self.rcpt_command(transaction, index);
+                self.send_command(&command, Pending::Rcpt(index));
+                next = transaction.next_rcpt(Some(index));
             }
-            if !chunked {
+            if !transaction.chunked {
                 self.send_command("DATA", Pending::Data);
             }
         }
-        Ok(())
     }
 
     /// Records that the driver wrote the whole content and the final dot.
@@ -1111,12 +1159,17 @@ impl ClientSession {
         let Some(transaction) = &self.transaction else {
             return;
         };
+        let command = self.rcpt_command(transaction, index);
+        self.send_command(&command, Pending::Rcpt(index));
+    }
+
+    fn rcpt_command(&self, transaction: &Transaction, index: usize) -> String {
         let mut command = format!("RCPT TO:<{}>", transaction.forward_paths[index]);
         if self.extensions.as_ref().is_some_and(|e| e.dsn) {
             let original = &transaction.envelope.recipients[index];
             command.push_str(&transaction.envelope.dsn.rcpt_parameters(original));
         }
-        self.send_command(&command, Pending::Rcpt(index));
+        command
     }
 
     fn send_command(&mut self, command: &str, pending: Pending) {
@@ -1321,6 +1374,11 @@ impl ClientSession {
         }
         let report = transaction.report(false);
         self.events.push_back(Event::TransactionComplete(report));
+        // A queued transaction becomes the current one; its replies follow.
+        if let Some(next) = self.queued.take() {
+            self.transaction = Some(next);
+            return;
+        }
         self.become_ready();
     }
 
@@ -1408,7 +1466,10 @@ impl ClientSession {
     }
 
     fn finish_transaction(&mut self, interrupted: bool) {
-        if let Some(transaction) = self.transaction.take() {
+        for transaction in [self.transaction.take(), self.queued.take()]
+            .into_iter()
+            .flatten()
+        {
             let report = transaction.report(interrupted);
             self.events.push_back(Event::TransactionComplete(report));
         }

@@ -396,3 +396,89 @@ fn reply_of_100000_lines_is_protocol_error() {
         "{events:?}"
     );
 }
+
+/// Brings a pipelining session through one transaction up to the final
+/// dot, so that only the dot's reply is outstanding.
+fn waiting_for_dot() -> ClientSession {
+    let mut session = ready(&["PIPELINING"]);
+    session.start_transaction(envelope(&["a@mx.test"])).unwrap();
+    sent(&mut session);
+    session.handle_input(b"250 ok\r\n250 ok\r\n354 go\r\n");
+    assert_eq!(take_events(&mut session), [Event::SendData]);
+    session.data_sent();
+    session
+}
+
+/// RFC 2920 section 3.1: the next MAIL group may follow the final dot in
+/// the same write, and the reports still come in order.
+#[test]
+fn next_transaction_queued_behind_final_dot() {
+    let mut session = waiting_for_dot();
+
+    session.queue_transaction(envelope(&["b@mx.test"])).unwrap();
+    assert_eq!(
+        sent(&mut session),
+        "MAIL FROM:<from@client.test>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n"
+    );
+    session.handle_input(b"250 2.0.0 first queued\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+    let events = take_events(&mut session);
+    assert_eq!(events.len(), 2, "{events:?}");
+    let Event::TransactionComplete(first) = &events[0] else {
+        panic!("the first report comes first: {events:?}");
+    };
+    assert_eq!(first.recipients[0].address.as_str(), "a@mx.test");
+    assert_eq!(first.recipients[0].outcome, Outcome::Delivered);
+    assert_eq!(events[1], Event::SendData);
+
+    session.data_sent();
+    session.handle_input(b"250 2.0.0 second queued\r\n");
+    let events = take_events(&mut session);
+    assert_eq!(events.last(), Some(&Event::Ready));
+    assert_eq!(report(&events).recipients[0].address.as_str(), "b@mx.test");
+    assert_eq!(report(&events).recipients[0].outcome, Outcome::Delivered);
+}
+
+/// Without PIPELINING, or before the dot, nothing can be queued.
+#[test]
+fn queue_transaction_needs_pipelining_and_dot() {
+    let mut plain = ready(&[]);
+    plain.start_transaction(envelope(&["a@mx.test"])).unwrap();
+    sent(&mut plain);
+    plain.handle_input(b"250 ok\r\n");
+    sent(&mut plain);
+    plain.handle_input(b"250 ok\r\n");
+    sent(&mut plain);
+    plain.handle_input(b"354 go\r\n");
+    take_events(&mut plain);
+    plain.data_sent();
+    assert!(plain.queue_transaction(envelope(&["b@mx.test"])).is_err());
+
+    let mut early = ready(&["PIPELINING"]);
+    early.start_transaction(envelope(&["a@mx.test"])).unwrap();
+    assert!(early.queue_transaction(envelope(&["b@mx.test"])).is_err());
+}
+
+/// A 421 to the first dot ends the session: the first recipient is
+/// deferred by the 421, and the queued one is reported as interrupted.
+#[test]
+fn queued_transaction_reported_when_session_ends() {
+    let mut session = waiting_for_dot();
+    session.queue_transaction(envelope(&["b@mx.test"])).unwrap();
+    sent(&mut session);
+
+    session.handle_input(b"421 4.3.2 shutting down\r\n");
+
+    let events = take_events(&mut session);
+    let reports: Vec<&mxsend_proto::TransactionReport> = events
+        .iter()
+        .filter_map(|event| match event {
+            Event::TransactionComplete(report) => Some(report),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reports.len(), 2, "{events:?}");
+    assert_eq!(reports[0].recipients[0].outcome, Outcome::Deferred);
+    assert_eq!(reports[1].recipients[0].address.as_str(), "b@mx.test");
+    assert_eq!(reports[1].recipients[0].outcome, Outcome::Deferred);
+    assert!(reports[1].interrupted);
+}

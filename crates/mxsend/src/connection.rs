@@ -210,6 +210,18 @@ pub enum ContentError {
 /// thousand replies, small enough to keep memory flat.
 const BDAT_CHUNK_SIZE: usize = 1024 * 1024;
 
+/// The envelope of `message` for `recipients`.
+fn envelope_of(message: &Message, recipients: &[mxsend_proto::Address]) -> Envelope {
+    Envelope {
+        sender: message.sender().cloned(),
+        recipients: recipients.to_vec(),
+        size: Some(message.size()),
+        eight_bit: message.is_eight_bit(),
+        utf8_headers: message.has_utf8_headers(),
+        dsn: message.dsn().clone(),
+    }
+}
+
 /// Supplies messages for one connection and takes each transaction's
 /// report, in the manner of Twisted's `SMTPClient` callbacks
 /// (`getMailFrom`, `getMailTo`, `getMailData`, `sentMail`).
@@ -531,16 +543,8 @@ impl Connection {
             });
         }
         self.wait_ready().await?;
-        let envelope = Envelope {
-            sender: message.sender().cloned(),
-            recipients: recipients.to_vec(),
-            size: Some(message.size()),
-            eight_bit: message.is_eight_bit(),
-            utf8_headers: message.has_utf8_headers(),
-            dsn: message.dsn().clone(),
-        };
         self.session
-            .start_transaction(envelope)
+            .start_transaction(envelope_of(message, recipients))
             .map_err(|error| ConnectionError::Session {
                 address: self.address,
                 error,
@@ -590,12 +594,43 @@ impl Connection {
     ///
     /// The first error that ends the session; each transaction finished
     /// before it was reported to `source`.
+    ///
+    /// With PIPELINING, the next message is taken from `source` as soon as
+    /// the content of the current one is written, and its MAIL, RCPT and
+    /// DATA go out in the same write as the final dot (RFC 2920 section
+    /// 3.1), so each message costs one round trip.
     pub async fn run<S: MailSource>(mut self, source: &mut S) -> Result<(), ConnectionError> {
-        while let Some(message) = source.next_message() {
-            let recipients = message.recipients().to_vec();
-            let report = self.send(&message, &recipients).await?;
+        let mut upcoming = source.next_message().map(|message| (message, false));
+        while let Some((message, started)) = upcoming.take() {
+            if !started {
+                if !self.is_usable() {
+                    return Err(ConnectionError::Closed {
+                        address: self.address,
+                    });
+                }
+                self.wait_ready().await?;
+                let envelope = envelope_of(&message, message.recipients());
+                self.session.start_transaction(envelope).map_err(|error| {
+                    ConnectionError::Session {
+                        address: self.address,
+                        error,
+                        hint: None,
+                    }
+                })?;
+            }
+            let mut asked = false;
+            let report = self
+                .drive_pipelined(&message, source, &mut upcoming, &mut asked)
+                .await?;
             source.sent_mail(&report);
             if !self.is_usable() {
+                // A queued transaction ended with the session; its report
+                // is in the events.
+                while let Some(event) = self.session.poll_event() {
+                    if let Event::TransactionComplete(report) = event {
+                        source.sent_mail(&report);
+                    }
+                }
                 return match self.result.take() {
                     Some(Err(error)) => Err(ConnectionError::Session {
                         address: self.address,
@@ -607,8 +642,90 @@ impl Connection {
                     }),
                 };
             }
+            if !asked {
+                upcoming = source.next_message().map(|message| (message, false));
+            }
         }
         self.quit().await
+    }
+
+    /// Hands `source` the reports that the end of the session left, the
+    /// current transaction's and a queued one's, and records how it ended.
+    fn report_remaining<S: MailSource>(&mut self, source: &mut S) {
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                Event::TransactionComplete(report) => source.sent_mail(&report),
+                Event::Closed(result) => self.result = Some(result),
+                _ => {}
+            }
+        }
+    }
+
+    /// Drives the open transaction of `message` to its report. When the
+    /// content goes after DATA, the next message is taken from `source`
+    /// once the content is written and, if the session can queue it, its
+    /// commands join the write of the final dot; it is then in `upcoming`
+    /// as started. `asked` tells whether `source` was asked.
+    async fn drive_pipelined<S: MailSource>(
+        &mut self,
+        message: &Message,
+        source: &mut S,
+        upcoming: &mut Option<(Message, bool)>,
+        asked: &mut bool,
+    ) -> Result<TransactionReport, ConnectionError> {
+        loop {
+            match self.next_event().await {
+                // As in `send`: no content after a failed go-ahead.
+                Ok(Event::SendData) if !self.session.is_sending_data() => {}
+                Ok(Event::SendData) if self.session.is_chunking() => {
+                    if let Err(error) = self.send_chunks(message).await {
+                        self.session.handle_eof();
+                        self.report_remaining(source);
+                        return Err(error);
+                    }
+                }
+                Ok(Event::SendData) => {
+                    let mut wire = std::mem::take(&mut self.wire_buffer);
+                    wire.clear();
+                    let mut result = self.stream_content(message, &mut wire).await;
+                    if result.is_ok() {
+                        self.session.data_sent();
+                        *asked = true;
+                        *upcoming = source.next_message().map(|next| {
+                            let envelope = envelope_of(&next, next.recipients());
+                            let queued = self.session.queue_transaction(envelope).is_ok();
+                            (next, queued)
+                        });
+                        if let Some(commands) = self.session.poll_transmit() {
+                            wire.extend_from_slice(&commands);
+                        }
+                        result = self.write(&wire).await;
+                    }
+                    self.wire_buffer = wire;
+                    if let Err(error) = result {
+                        self.session.handle_eof();
+                        self.report_remaining(source);
+                        return Err(error);
+                    }
+                }
+                Ok(Event::TransactionComplete(report)) => {
+                    // With a queued transaction no Ready follows, and the
+                    // next event may belong to it.
+                    if !upcoming.as_ref().is_some_and(|(_, queued)| *queued) {
+                        self.drain_ready();
+                    }
+                    return Ok(report);
+                }
+                Ok(Event::Ready) => {}
+                Ok(event @ Event::StartTls) => return Err(self.unexpected(event)),
+                Ok(Event::Closed(_)) => {
+                    return Err(ConnectionError::Closed {
+                        address: self.address,
+                    });
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// Sends QUIT, waits for its reply and closes the connection.
@@ -771,15 +888,19 @@ impl Connection {
     async fn send_content(&mut self, message: &Message) -> Result<(), ConnectionError> {
         let mut wire = std::mem::take(&mut self.wire_buffer);
         wire.clear();
-        let result = self.send_encoded_content(message, &mut wire).await;
+        let mut result = self.stream_content(message, &mut wire).await;
+        if result.is_ok() {
+            result = self.write(&wire).await;
+        }
         self.wire_buffer = wire;
         result
     }
 
     /// Encodes the content into `wire` and writes it whenever it holds a
-    /// chunk. The rest goes out with the final dot in one write, so a small
-    /// message costs one write (and one TCP segment) for all its data.
-    async fn send_encoded_content(
+    /// chunk. The rest, with the final dot, stays in `wire` for the caller
+    /// to write, so a small message costs one write for all its data, and
+    /// the next message's commands can join that write.
+    async fn stream_content(
         &mut self,
         message: &Message,
         wire: &mut Vec<u8>,
@@ -826,8 +947,7 @@ impl Connection {
                 streamed?;
             }
         }
-        encoder.finish(wire).map_err(|e| content_error(e.into()))?;
-        self.write(wire).await
+        encoder.finish(wire).map_err(|e| content_error(e.into()))
     }
 
     /// Streams the content in BDAT chunks of at most [`BDAT_CHUNK_SIZE`]

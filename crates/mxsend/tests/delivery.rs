@@ -1058,3 +1058,72 @@ async fn unusable_exchanger_tried_last_next_time() {
     })
     .await;
 }
+
+/// A `MailSource` that records the order of its calls.
+struct RecordingSource {
+    messages: VecDeque<Message>,
+    calls: Vec<String>,
+}
+
+impl MailSource for RecordingSource {
+    fn next_message(&mut self) -> Option<Message> {
+        let message = self.messages.pop_front();
+        let name = match &message {
+            Some(message) => format!("next {}", message.recipients()[0]),
+            None => "next none".to_owned(),
+        };
+        self.calls.push(name);
+        message
+    }
+
+    fn sent_mail(&mut self, report: &TransactionReport) {
+        let recipient = &report.recipients[0];
+        self.calls
+            .push(format!("sent {} {}", recipient.address, recipient.outcome));
+    }
+}
+
+// RFC 2920 section 3.1: with PIPELINING the next message's MAIL group goes
+// out with the final dot, so the source is asked for it before the first
+// message's final reply has arrived, and the reports still come in order.
+#[tokio::test]
+async fn next_message_pipelined_behind_final_dot() {
+    bounded(async {
+        // The first final reply comes late, so the order of the calls
+        // cannot depend on timing.
+        let late = Action::delay(
+            Duration::from_millis(300),
+            Action::reply("250 2.0.0 first queued"),
+        );
+        let smtp = SmtpServer::start(Script::new().on(Point::DataEnd.nth(1), late))
+            .await
+            .unwrap();
+        let mut source = RecordingSource {
+            messages: VecDeque::from([
+                message(&["one@source.test"], BODY).await,
+                message(&["two@source.test"], BODY).await,
+            ]),
+            calls: Vec::new(),
+        };
+
+        let connection = Connection::connect(smtp.addr(), &connection_config())
+            .await
+            .unwrap();
+        connection.run(&mut source).await.unwrap();
+
+        assert_eq!(
+            source.calls,
+            [
+                "next one@source.test",
+                "next two@source.test",
+                "sent one@source.test delivered",
+                "next none",
+                "sent two@source.test delivered",
+            ]
+        );
+        let stored = smtp.messages();
+        assert_eq!(stored.len(), 2);
+        assert_eq!(stored[1].rcpt_to, ["two@source.test"]);
+    })
+    .await;
+}
