@@ -202,8 +202,15 @@ const UNUSABLE_SERVER_TIME: Duration = Duration::from_secs(5 * 60);
 /// not leave many sockets open afterwards.
 const MAX_IDLE_PER_SERVER: usize = 4;
 
-/// A server address with the exchanger name used for it, which TLS
-/// verification depends on.
+/// Most idle connections kept in all. Servers limit the sessions they
+/// serve at once, and one that hosts many domains would otherwise see a
+/// kept connection for each of them and stop greeting new ones.
+const MAX_IDLE_TOTAL: usize = 32;
+
+/// A server address, with the exchanger name used for it when TLS
+/// verification depends on that name. Without verification, every domain
+/// whose exchanger has that address shares its connections, as Postfix's
+/// connection cache does.
 type ServerKey = (SocketAddr, String);
 
 /// Idle connections after a finished transaction, each with the time it
@@ -230,11 +237,12 @@ impl ConnectionPool {
     /// Takes an idle connection to `server` that is still usable, sending
     /// QUIT on those that idled too long and dropping those the server
     /// closed or ended with an unprompted 421.
-    async fn take(&self, server: SocketAddr, host: &str) -> Option<Connection> {
+    async fn take(&self, key: &ServerKey) -> Option<Connection> {
+        let server = key.0;
         loop {
             let entry = {
                 let mut idle = self.idle.lock().ok()?;
-                idle.get_mut(&(server, host.to_owned()))?.pop()
+                idle.get_mut(key)?.pop()
             };
             let (mut connection, since) = entry?;
             if since.elapsed() > self.idle_limit {
@@ -250,13 +258,14 @@ impl ConnectionPool {
 
     /// Keeps `connection` for the next message to `server`, or sends QUIT
     /// when enough connections to it are idle already.
-    async fn give_back(&self, server: SocketAddr, host: &str, connection: Connection) {
+    async fn give_back(&self, key: ServerKey, connection: Connection) {
         let overflow = {
             let Ok(mut idle) = self.idle.lock() else {
                 return;
             };
-            let list = idle.entry((server, host.to_owned())).or_default();
-            if list.len() < MAX_IDLE_PER_SERVER {
+            let total: usize = idle.values().map(Vec::len).sum();
+            let list = idle.entry(key).or_default();
+            if list.len() < MAX_IDLE_PER_SERVER && total < MAX_IDLE_TOTAL {
                 list.push((connection, Instant::now()));
                 None
             } else {
@@ -316,6 +325,20 @@ impl Delivery {
             idle: Mutex::new(HashMap::new()),
         }));
         self
+    }
+
+    /// The pool key of `server`, reached as exchanger `host`.
+    fn pool_key(&self, server: SocketAddr, host: &str) -> ServerKey {
+        let verified = matches!(
+            self.config.tls_policy(),
+            TlsPolicy::Verify | TlsPolicy::Implicit
+        );
+        let name = if verified {
+            host.to_owned()
+        } else {
+            String::new()
+        };
+        (server, name)
     }
 
     /// Sends QUIT on every idle connection and closes it.
@@ -548,7 +571,7 @@ impl Delivery {
     ) -> String {
         let recipients: Vec<Address> = pending.iter().map(|(_, a)| a.clone()).collect();
         let idle = match &self.pool {
-            Some(pool) => pool.take(server, host).await,
+            Some(pool) => pool.take(&self.pool_key(server, host)).await,
             None => None,
         };
         let mut retry_note = None;
@@ -662,7 +685,10 @@ impl Delivery {
         let summary = with_note(summary);
         if connection.is_usable() {
             match &self.pool {
-                Some(pool) => pool.give_back(server, host, connection).await,
+                Some(pool) => {
+                    pool.give_back(self.pool_key(server, host), connection)
+                        .await
+                }
                 None => {
                     let _ = connection.quit().await;
                 }

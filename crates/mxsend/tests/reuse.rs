@@ -180,3 +180,60 @@ async fn idle_limit_ends_reuse() {
     assert!(smtp.wait_for_sessions(2, STEP_TIMEOUT).await);
     assert_eq!(smtp.sessions().len(), 2);
 }
+
+/// Domains whose exchangers share one address share its connections too,
+/// as long as no certificate check depends on the exchanger's name.
+#[tokio::test]
+async fn domains_on_one_server_share_a_connection() {
+    let zone = Zone::new()
+        .mx("one.test", 10, "mx.one.test")
+        .mx("two.test", 10, "mx.two.test")
+        .a("mx.one.test", Ipv4Addr::LOCALHOST)
+        .a("mx.two.test", Ipv4Addr::LOCALHOST);
+    let dns = DnsServer::start(zone).await.expect("test DNS server");
+    let smtp = SmtpServer::start(Script::new())
+        .await
+        .expect("test SMTP server");
+    let resolver = MxResolver::new(&ResolverSettings {
+        nameserver: Nameserver::At(dns.addr()),
+        timeout: STEP_TIMEOUT,
+        attempts: 1,
+    })
+    .expect("resolver");
+    let delivery = Delivery::new(
+        resolver,
+        DeliveryConfig {
+            connection: ConnectionConfig {
+                helo_name: Some("client.test".to_owned()),
+                ..ConnectionConfig::default()
+            },
+            port: smtp.addr().port(),
+            route: Route::Mx,
+        },
+    )
+    .with_connection_reuse(Duration::from_secs(10));
+
+    for recipient in ["a@one.test", "b@two.test", "c@one.test"] {
+        let message = Message::from_bytes(
+            Some(Address::parse("sender@client.test").unwrap()),
+            vec![Address::parse(recipient).unwrap()],
+            b"Subject: shared\r\n\r\nbody\r\n".to_vec(),
+            DataPolicy::default(),
+        )
+        .await
+        .unwrap();
+        let report = tokio::time::timeout(TEST_LIMIT, delivery.deliver(&message))
+            .await
+            .expect("delivery within the test limit");
+        assert_eq!(
+            report.recipients[0].outcome,
+            Outcome::Delivered,
+            "{recipient}"
+        );
+    }
+    delivery.close_idle().await;
+
+    assert!(smtp.wait_for_sessions(1, STEP_TIMEOUT).await);
+    assert_eq!(smtp.sessions().len(), 1, "one connection for three domains");
+    assert_eq!(smtp.messages().len(), 3);
+}
