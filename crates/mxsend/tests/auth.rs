@@ -295,7 +295,12 @@ async fn secrets_never_printed() {
     use tracing_subscriber::Layer;
     let subscriber = tracing_subscriber::registry()
         .with(layer.with_filter(tracing_subscriber::filter::LevelFilter::TRACE));
-    let _guard = tracing::subscriber::set_default(subscriber);
+    // A subscriber set for this thread only misses call sites that other
+    // tests, running at the same time without one, reached first: tracing
+    // caches them as disabled. The global one sees every thread, so trace
+    // lines of the other tests in this binary are checked too.
+    tracing::subscriber::set_global_default(subscriber)
+        .expect("only this test sets the global tracing subscriber");
 
     let pki = Pki::new();
     let mut printed = String::new();
