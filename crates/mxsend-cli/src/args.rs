@@ -45,9 +45,9 @@ pub enum Command {
     ///
     /// A truncated UDP response is asked again over TCP. An exchanger that
     /// is an IP address instead of a name, or that has no address, is shown
-    /// as not usable and skipped. This command lists every exchanger; the
-    /// daemon, told this host's addresses (`identity.addresses`), sends
-    /// only to exchangers preferred to this host (RFC 5321 section 5.1).
+    /// as not usable and skipped. This command lists every exchanger. The
+    /// daemon, configured with this host's addresses (`identity.addresses`),
+    /// sends only to exchangers preferred to this host (RFC 5321 section 5.1).
     Mx(MxArgs),
     /// Run the whole path on loopback: a DNS zone whose example.net MX points
     /// at a built-in SMTP server on 127.0.0.1, the tutorial message sent the

@@ -575,17 +575,7 @@ fn resolve(file: Option<PathBuf>, config: Config, spool: PathBuf) -> Result<Serv
     let mut timeouts = Timeouts::default();
     if let Some(text) = &config.delivery.reply_timeout {
         let timeout = duration("delivery.reply_timeout", text)?;
-        timeouts = Timeouts {
-            greeting: timeout,
-            ehlo: timeout,
-            mail: timeout,
-            rcpt: timeout,
-            data: timeout,
-            data_block: timeout,
-            data_end: timeout,
-            rset: timeout,
-            quit: timeout,
-        };
+        timeouts = Timeouts::uniform(timeout);
     }
     let connection = ConnectionConfig {
         helo_name: ehlo_name.clone(),

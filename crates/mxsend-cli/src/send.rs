@@ -105,17 +105,7 @@ fn delivery_config(args: &SendArgs) -> Result<DeliveryConfig, Failure> {
     let mut timeouts = Timeouts::default();
     if let Some(seconds) = args.reply_timeout {
         let timeout = Duration::from_secs(seconds.max(1));
-        timeouts = Timeouts {
-            greeting: timeout,
-            ehlo: timeout,
-            mail: timeout,
-            rcpt: timeout,
-            data: timeout,
-            data_block: timeout,
-            data_end: timeout,
-            rset: timeout,
-            quit: timeout,
-        };
+        timeouts = Timeouts::uniform(timeout);
     }
     let connection = ConnectionConfig {
         helo_name,

@@ -61,6 +61,24 @@ pub struct Timeouts {
     pub quit: Duration,
 }
 
+impl Timeouts {
+    /// Creates timeouts that allow `timeout` for every reply and every
+    /// write of content, in place of the per-phase defaults.
+    pub fn uniform(timeout: Duration) -> Timeouts {
+        Timeouts {
+            greeting: timeout,
+            ehlo: timeout,
+            mail: timeout,
+            rcpt: timeout,
+            data: timeout,
+            data_block: timeout,
+            data_end: timeout,
+            rset: timeout,
+            quit: timeout,
+        }
+    }
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
         const MINUTE: Duration = Duration::from_secs(60);

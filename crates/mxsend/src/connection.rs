@@ -618,9 +618,9 @@ impl Connection {
                     }
                 })?;
             }
-            let mut asked = false;
+            let mut source_polled = false;
             let report = self
-                .drive_pipelined(&message, source, &mut upcoming, &mut asked)
+                .drive_pipelined(&message, source, &mut upcoming, &mut source_polled)
                 .await?;
             source.sent_mail(&report);
             if !self.is_usable() {
@@ -642,7 +642,7 @@ impl Connection {
                     }),
                 };
             }
-            if !asked {
+            if !source_polled {
                 upcoming = source.next_message().map(|message| (message, false));
             }
         }
@@ -661,17 +661,19 @@ impl Connection {
         }
     }
 
-    /// Drives the open transaction of `message` to its report. When the
-    /// content goes after DATA, the next message is taken from `source`
-    /// once the content is written and, if the session can queue it, its
-    /// commands join the write of the final dot; it is then in `upcoming`
-    /// as started. `asked` tells whether `source` was asked.
+    /// Drives the open transaction of `message` to its report.
+    ///
+    /// When the content goes after DATA, the next message is taken from
+    /// `source` once the content is written. If the session can queue it,
+    /// its commands join the write of the final dot, and it is in `upcoming`
+    /// marked as started. `source_polled` is set when `source` was asked for
+    /// the next message, so the caller does not ask twice.
     async fn drive_pipelined<S: MailSource>(
         &mut self,
         message: &Message,
         source: &mut S,
         upcoming: &mut Option<(Message, bool)>,
-        asked: &mut bool,
+        source_polled: &mut bool,
     ) -> Result<TransactionReport, ConnectionError> {
         loop {
             match self.next_event().await {
@@ -690,7 +692,7 @@ impl Connection {
                     let mut result = self.stream_content(message, &mut wire).await;
                     if result.is_ok() {
                         self.session.data_sent();
-                        *asked = true;
+                        *source_polled = true;
                         *upcoming = source.next_message().map(|next| {
                             let envelope = envelope_of(&next, next.recipients());
                             let queued = self.session.queue_transaction(envelope).is_ok();

@@ -192,10 +192,10 @@ pub struct Delivery {
     unusable: Arc<Mutex<HashMap<SocketAddr, Instant>>>,
 }
 
-/// How long a server that took nothing (refused the connection, timed out,
-/// greeted with an error) is tried after the other exchangers, as
-/// Twisted's `MXCalculator.markBad` does, so that each new message does not
-/// wait for the same dead host first (C-Q-03).
+/// Time during which a server that took nothing (it refused the
+/// connection, timed out or greeted with an error) is tried after the other
+/// exchangers. Twisted's `MXCalculator.markBad` does the same, so that each
+/// new message does not wait for the same dead host first (C-Q-03).
 const UNUSABLE_SERVER_TIME: Duration = Duration::from_secs(5 * 60);
 
 /// Most idle connections kept for one server, so a burst to one host does
@@ -303,8 +303,8 @@ impl Delivery {
 
     /// Declares the addresses of this host. When one of a domain's
     /// exchangers has one of them, this host is that exchanger, so the
-    /// message may only go to exchangers with a lower preference value; with
-    /// none left, it would loop back here and fails instead (RFC 5321
+    /// message may only go to exchangers with a lower preference value. With
+    /// none left, it would loop back here, so it fails instead (RFC 5321
     /// section 5.1, C-MX-06).
     #[must_use]
     pub fn with_own_addresses(mut self, addresses: Vec<IpAddr>) -> Delivery {

@@ -159,8 +159,8 @@ impl Message {
         &self.dsn
     }
 
-    /// Whether the header section has 8-bit octets, which asks for
-    /// SMTPUTF8 where the server offers it (RFC 6532).
+    /// Whether the header section has 8-bit octets, in which case MAIL
+    /// requests SMTPUTF8 where the server offers it (RFC 6532).
     pub fn has_utf8_headers(&self) -> bool {
         self.utf8_headers
     }

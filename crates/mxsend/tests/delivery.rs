@@ -76,17 +76,7 @@ fn connection_config() -> ConnectionConfig {
     ConnectionConfig {
         helo_name: Some(HELO_NAME.to_owned()),
         connect_timeout: STEP_TIMEOUT,
-        timeouts: Timeouts {
-            greeting: STEP_TIMEOUT,
-            ehlo: STEP_TIMEOUT,
-            mail: STEP_TIMEOUT,
-            rcpt: STEP_TIMEOUT,
-            data: STEP_TIMEOUT,
-            data_block: STEP_TIMEOUT,
-            data_end: STEP_TIMEOUT,
-            rset: STEP_TIMEOUT,
-            quit: STEP_TIMEOUT,
-        },
+        timeouts: Timeouts::uniform(STEP_TIMEOUT),
         ..ConnectionConfig::default()
     }
 }

@@ -45,17 +45,7 @@ async fn peers(script: Script) -> Peers {
     let connection = ConnectionConfig {
         helo_name: Some("client.test".to_owned()),
         connect_timeout: step,
-        timeouts: Timeouts {
-            greeting: step,
-            ehlo: step,
-            mail: step,
-            rcpt: step,
-            data: step,
-            data_block: step,
-            data_end: step,
-            rset: step,
-            quit: step,
-        },
+        timeouts: Timeouts::uniform(step),
         ..ConnectionConfig::default()
     };
     let delivery = Delivery::new(

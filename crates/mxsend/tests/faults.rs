@@ -36,7 +36,7 @@ enum At {
     /// default `may` policy of MX delivery.
     StartTls,
     /// The AUTH command, for a client with credentials and a server that
-    /// offers AUTH (in plain text, which the client is told to allow).
+    /// offers AUTH in plain text, which the client is configured to allow.
     Auth,
     Mail,
     Rcpt,
@@ -62,7 +62,7 @@ enum Fault {
     Garbage,
     /// Replies with a multi-line reply of more lines than the limit.
     EndlessReply,
-    /// Replies correctly, then sends a reply that nobody asked for.
+    /// Replies correctly, then sends a reply to no command.
     Unsolicited,
 }
 
@@ -73,7 +73,7 @@ enum Taken {
     Primary,
     /// The primary failed in a way that moves on, and the backup accepted.
     Backup,
-    /// Nobody accepted it: the outcome is final or waits for a retry.
+    /// No exchanger accepted it: the outcome is final or waits for a retry.
     Nobody,
 }
 
@@ -267,17 +267,7 @@ fn delivery(dns: &DnsServer, port: u16, authenticate: bool) -> Delivery {
     let mut connection = ConnectionConfig {
         helo_name: Some("client.test".to_owned()),
         connect_timeout: Duration::from_secs(5),
-        timeouts: Timeouts {
-            greeting: step,
-            ehlo: step,
-            mail: step,
-            rcpt: step,
-            data: step,
-            data_block: step,
-            data_end: step,
-            rset: step,
-            quit: step,
-        },
+        timeouts: Timeouts::uniform(step),
         ..ConnectionConfig::default()
     };
     if authenticate {

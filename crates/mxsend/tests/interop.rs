@@ -301,17 +301,7 @@ fn delivery_through(dns: &DnsServer, port: u16) -> Delivery {
         attempts: 2,
     })
     .expect("creating the resolver failed");
-    let timeouts = Timeouts {
-        greeting: REPLY_TIMEOUT,
-        ehlo: REPLY_TIMEOUT,
-        mail: REPLY_TIMEOUT,
-        rcpt: REPLY_TIMEOUT,
-        data: REPLY_TIMEOUT,
-        data_block: REPLY_TIMEOUT,
-        data_end: REPLY_TIMEOUT,
-        rset: REPLY_TIMEOUT,
-        quit: REPLY_TIMEOUT,
-    };
+    let timeouts = Timeouts::uniform(REPLY_TIMEOUT);
     let config = DeliveryConfig {
         connection: ConnectionConfig {
             connect_timeout: REPLY_TIMEOUT,

@@ -63,17 +63,7 @@ impl Pki {
 }
 
 pub fn timeouts() -> Timeouts {
-    Timeouts {
-        greeting: STEP_TIMEOUT,
-        ehlo: STEP_TIMEOUT,
-        mail: STEP_TIMEOUT,
-        rcpt: STEP_TIMEOUT,
-        data: STEP_TIMEOUT,
-        data_block: STEP_TIMEOUT,
-        data_end: STEP_TIMEOUT,
-        rset: STEP_TIMEOUT,
-        quit: STEP_TIMEOUT,
-    }
+    Timeouts::uniform(STEP_TIMEOUT)
 }
 
 /// Connection settings with short timeouts, the policy given (`None`: the
