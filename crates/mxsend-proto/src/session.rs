@@ -306,6 +306,17 @@ pub enum SessionError {
         /// How many octets were waiting.
         octets: usize,
     },
+    /// The server sent bytes while the message content was going out after
+    /// 354, when no reply can be due. The final dot is never sent after
+    /// this, so the message cannot have been accepted (C-REP-06).
+    #[error(
+        "server sent {octets} octets during the message content, before the final dot; \
+         the session is out of step and the message was not completed"
+    )]
+    InputDuringContent {
+        /// How many octets arrived that were not a complete reply.
+        octets: usize,
+    },
     /// AUTH is configured and the server advertised no mechanism.
     #[error("server does not offer AUTH{}", if *.encrypted { " after TLS" } else { "" })]
     AuthNotOffered {
@@ -943,13 +954,20 @@ impl ClientSession {
                         return;
                     }
                 }
-                Ok(None) => return,
+                Ok(None) => break,
                 Err(error) => {
                     let phase = self.phase();
                     self.fail(SessionError::Protocol { phase, error });
                     return;
                 }
             }
+        }
+        // After 354 no reply is due until the final dot, so even part of a
+        // reply means the server is out of step. Stopping here keeps the
+        // driver from sending the dot after it.
+        let octets = self.parser.buffered_len();
+        if octets > 0 && self.is_sending_data() && !self.is_chunking() {
+            self.fail(SessionError::InputDuringContent { octets });
         }
     }
 

@@ -273,6 +273,39 @@ fn connection_lost_after_final_dot_is_uncertain() {
     assert_eq!(report(&events).recipients[0].outcome, Outcome::Uncertain);
 }
 
+/// C-REP-06: nothing is due from the server while the content goes out,
+/// so a reply then, or even part of one, ends the session before the
+/// final dot, and the recipient is deferred, never delivered or uncertain.
+#[test]
+fn input_during_content_ends_session_before_final_dot() {
+    for early in [&b"250 2.0.0 ok\r\n"[..], b"451 4.3.0 later\r\n", b"25"] {
+        let mut session = ready(&[]);
+        session.start_transaction(envelope(&["a@mx.test"])).unwrap();
+        session.handle_input(b"250 ok\r\n250 ok\r\n354 go\r\n");
+        assert!(sent(&mut session).ends_with("DATA\r\n"));
+        assert!(take_events(&mut session).contains(&Event::SendData));
+        session.handle_input(early);
+        assert!(!session.is_sending_data(), "{early:?}");
+        session.data_sent();
+        assert_eq!(session.poll_transmit(), None, "{early:?}");
+        let events = take_events(&mut session);
+        assert_eq!(
+            report(&events).recipients[0].outcome,
+            Outcome::Deferred,
+            "{early:?}"
+        );
+        let ended = match events.last() {
+            Some(Event::Closed(Err(error))) => error,
+            other => panic!("{early:?}: session still open: {other:?}"),
+        };
+        let expected = match early.len() {
+            2 => matches!(ended, SessionError::InputDuringContent { octets: 2 }),
+            _ => matches!(ended, SessionError::UnexpectedReply { .. }),
+        };
+        assert!(expected, "{early:?}: {ended}");
+    }
+}
+
 #[test]
 fn timeout_before_final_dot_defers() {
     let mut session = ready(&[]);

@@ -690,7 +690,14 @@ impl Connection {
                     let mut wire = std::mem::take(&mut self.wire_buffer);
                     wire.clear();
                     let mut result = self.stream_content(message, &mut wire).await;
+                    let mut go_on = false;
                     if result.is_ok() {
+                        match self.content_may_continue() {
+                            Ok(may) => go_on = may,
+                            Err(error) => result = Err(error),
+                        }
+                    }
+                    if go_on {
                         self.session.data_sent();
                         *source_polled = true;
                         *upcoming = source.next_message().map(|next| {
@@ -892,10 +899,23 @@ impl Connection {
         wire.clear();
         let mut result = self.stream_content(message, &mut wire).await;
         if result.is_ok() {
-            result = self.write(&wire).await;
+            result = match self.content_may_continue() {
+                Ok(true) => self.write(&wire).await,
+                other => other.map(drop),
+            };
         }
         self.wire_buffer = wire;
         result
+    }
+
+    /// Hands the session whatever the server sent while the content was
+    /// going out after 354, and returns whether the content may go on.
+    /// Nothing is due from the server before the final dot, so any byte
+    /// ends the session, and the dot is never sent after it: a reply that
+    /// arrived early cannot be mistaken for the reply to the dot (C-REP-06).
+    fn content_may_continue(&mut self) -> Result<bool, ConnectionError> {
+        self.read_available_replies()?;
+        Ok(self.session.is_sending_data())
     }
 
     /// Encodes the content into `wire` and writes it whenever it holds a
@@ -916,6 +936,9 @@ impl Connection {
                         .encode(piece, wire)
                         .map_err(|e| content_error(e.into()))?;
                     if wire.len() >= CHUNK_SIZE {
+                        if !self.content_may_continue()? {
+                            return Ok(());
+                        }
                         self.write(wire).await?;
                         wire.clear();
                     }
@@ -939,6 +962,11 @@ impl Connection {
                         break Err(content_error(error.into()));
                     }
                     if wire.len() >= CHUNK_SIZE {
+                        match self.content_may_continue() {
+                            Ok(true) => {}
+                            Ok(false) => break Ok(()),
+                            Err(error) => break Err(error),
+                        }
                         if let Err(error) = self.write(wire).await {
                             break Err(error);
                         }
