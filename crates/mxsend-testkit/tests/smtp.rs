@@ -435,6 +435,47 @@ async fn data_end_containing_matches_content() {
 }
 
 #[tokio::test]
+async fn body_rule_replies_mid_content_and_keeps_reading() {
+    let script = Script::new().on(
+        Point::Body.containing("second"),
+        Action::reply("250 2.0.0 early"),
+    );
+    let server = SmtpServer::start(script).await.unwrap();
+    let mut client = greeted_client(&server).await;
+    client.command("EHLO client.test").await;
+    client.command("MAIL FROM:<s@example.test>").await;
+    client.command("RCPT TO:<r@example.test>").await;
+    client.command("DATA").await;
+    client.send(b"first\r\nsecond\r\n").await;
+    assert_eq!(client.reply().await, "250 2.0.0 early\r\n");
+    client.send(b"third\r\n.\r\n").await;
+    assert_eq!(client.reply().await, "250 2.0.0 Ok: queued\r\n");
+    assert_eq!(server.messages()[0].data, b"first\r\nsecond\r\nthird\r\n");
+}
+
+#[tokio::test]
+async fn stall_action_stops_reading() {
+    let script = Script::new().on(Point::Body.containing("stop"), Action::Stall);
+    let server = SmtpServer::start(script).await.unwrap();
+    let mut client = greeted_client(&server).await;
+    client.command("EHLO client.test").await;
+    client.command("MAIL FROM:<s@example.test>").await;
+    client.command("RCPT TO:<r@example.test>").await;
+    client.command("DATA").await;
+    client.send(b"stop here\r\n").await;
+    // Far more than the socket buffers hold: the writes must block.
+    let filler = vec![b'x'; 1024 * 1024];
+    let blocked = tokio::time::timeout(Duration::from_secs(2), async {
+        for _ in 0..64 {
+            client.stream.write_all(&filler).await.unwrap();
+        }
+    })
+    .await
+    .is_err();
+    assert!(blocked, "64 MiB went into a stalled session");
+}
+
+#[tokio::test]
 async fn data_reply_without_354_skips_content() {
     let script = Script::new().on(Point::Data, Action::reply("554 5.5.1 No valid recipients"));
     let server = SmtpServer::start(script).await.unwrap();

@@ -23,6 +23,10 @@ use mxsend_testkit::{Action, DnsServer, Point, Script, SmtpServer, TestCa, Zone}
 /// Reply timeout of every phase: short, so that the `Silent` cells finish
 /// quickly, and still far above loopback round trips.
 const STEP_TIMEOUT: Duration = Duration::from_millis(700);
+/// Time each write may block. The `MidBody` cells write 16 MiB, which
+/// the backup, a debug build sharing two cores with every other cell,
+/// does not always read fast enough for [`STEP_TIMEOUT`].
+const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 const CELL_LIMIT: Duration = Duration::from_secs(20);
 const AUTH_USER: &str = "fault-user";
 const AUTH_PASSWORD: &str = "fault-password";
@@ -41,6 +45,9 @@ enum At {
     Mail,
     Rcpt,
     Data,
+    /// A line in the middle of the message content, while the client is
+    /// still writing it.
+    MidBody,
     DataEnd,
     Quit,
 }
@@ -50,7 +57,8 @@ enum At {
 enum Fault {
     /// Closes the connection instead of replying.
     Close,
-    /// Never replies.
+    /// Never replies. In the middle of the content it also stops
+    /// reading, so the client's writes block.
     Silent,
     /// Replies 421: the service is closing.
     Closing421,
@@ -107,6 +115,13 @@ fn expected_outcome(at: At, fault: Fault) -> (Outcome, Taken) {
         // The final dot accepted, then an extra reply: the message was taken.
         (At::DataEnd, Unsolicited) => (Delivered, Taken::Primary),
 
+        // Nothing is due from the server in the middle of the content, so
+        // whatever it does there, even a 5xx, puts it out of step: the
+        // client stops writing and never sends the final dot (C-REP-06),
+        // or a stalled write times out (RFC 5321 section 4.5.3.2.5). The
+        // primary cannot have taken the message, and the backup gets it.
+        (At::MidBody, _) => (Delivered, Taken::Backup),
+
         // Everything else is a failure of the primary before it took the
         // message: a lost connection, silence, 421 (also after the final
         // dot, C-TX-07), a 4xx (C-TX-03), a refused AUTH (a 535 is final
@@ -126,9 +141,32 @@ fn point(at: At) -> Point {
         At::Mail => Point::Mail,
         At::Rcpt => Point::Rcpt,
         At::Data => Point::Data,
+        At::MidBody => Point::Body,
         At::DataEnd => Point::DataEnd,
         At::Quit => Point::Quit,
     }
+}
+
+/// The content line where the `MidBody` faults happen.
+const MARKER_LINE: &str = "the server misbehaves after this line";
+
+/// Content of the message: one short line, or for the `MidBody` row a
+/// marker line followed by far more than the loopback socket buffers
+/// hold, so that the client is still writing when the fault happens.
+fn content(at: At) -> Vec<u8> {
+    let mut content = b"Subject: fault\r\n\r\n".to_vec();
+    if at == At::MidBody {
+        content.extend_from_slice(b"first line\r\n");
+        content.extend_from_slice(MARKER_LINE.as_bytes());
+        content.extend_from_slice(b"\r\n");
+        let filler = format!("{}\r\n", "x".repeat(76));
+        while content.len() < 16 * 1024 * 1024 {
+            content.extend_from_slice(filler.as_bytes());
+        }
+    } else {
+        content.extend_from_slice(b"body\r\n");
+    }
+    content
 }
 
 /// The primary's misbehaviour as a testkit action.
@@ -142,6 +180,7 @@ fn action(at: At, fault: Fault) -> Action {
     };
     match fault {
         Fault::Close => Action::Close,
+        Fault::Silent if at == At::MidBody => Action::Stall,
         Fault::Silent => Action::Hang,
         Fault::Closing421 => Action::reply("421 4.3.2 shutting down"),
         Fault::Temporary4xx => Action::reply("451 4.3.0 try again later"),
@@ -178,7 +217,20 @@ async fn run_cell(at: At, fault: Fault) -> Result<(), String> {
             ])
             .auth(AUTH_USER, AUTH_PASSWORD);
     }
-    let script = script.on(point(at).session(1), action(at, fault));
+    if at == At::MidBody {
+        // The default SIZE of 10 MiB would refuse the large content.
+        script = script.extensions(&[
+            "PIPELINING",
+            "8BITMIME",
+            "ENHANCEDSTATUSCODES",
+            "SIZE 33554432",
+        ]);
+    }
+    let trigger = match at {
+        At::MidBody => point(at).session(1).containing(MARKER_LINE),
+        _ => point(at).session(1),
+    };
+    let script = script.on(trigger, action(at, fault));
     let smtp = SmtpServer::start(script).await.map_err(|e| e.to_string())?;
     let zone = Zone::new()
         .mx("example.net", 10, "primary.example.net")
@@ -190,7 +242,7 @@ async fn run_cell(at: At, fault: Fault) -> Result<(), String> {
     let message = Message::from_bytes(
         Some(Address::parse("sender@client.test").unwrap()),
         vec![Address::parse("rcpt@example.net").unwrap()],
-        b"Subject: fault\r\n\r\nbody\r\n".to_vec(),
+        content(at),
         DataPolicy::default(),
     )
     .await
@@ -263,11 +315,13 @@ fn delivery(dns: &DnsServer, port: u16, authenticate: bool) -> Delivery {
         attempts: 1,
     })
     .expect("resolver");
-    let step = STEP_TIMEOUT;
     let mut connection = ConnectionConfig {
         helo_name: Some("client.test".to_owned()),
         connect_timeout: Duration::from_secs(5),
-        timeouts: Timeouts::uniform(step),
+        timeouts: Timeouts {
+            data_block: WRITE_TIMEOUT,
+            ..Timeouts::uniform(STEP_TIMEOUT)
+        },
         ..ConnectionConfig::default()
     };
     if authenticate {
@@ -298,6 +352,7 @@ async fn fault_matrix() {
         At::Mail,
         At::Rcpt,
         At::Data,
+        At::MidBody,
         At::DataEnd,
         At::Quit,
     ];

@@ -175,6 +175,12 @@ pub enum Point {
     Rcpt,
     /// The DATA command.
     Data,
+    /// One line of message content after 354, before the final `.`. The
+    /// server normally says nothing here, so any rule for it makes the
+    /// server act in the middle of the content: a reply is sent at once
+    /// and the content is still read, except after 421 or
+    /// [`Action::Close`]. Use [`Trigger::containing`] to pick the line.
+    Body,
     /// The final `.` line that ends the message content.
     DataEnd,
     /// The RSET command.
@@ -243,7 +249,8 @@ impl Trigger {
     /// Restricts the trigger to occurrences whose text contains `text`,
     /// ignoring ASCII case.
     ///
-    /// The text is the command line without CRLF, the message content for
+    /// The text is the command line without CRLF, the content line with
+    /// its line ending for [`Point::Body`], the message content for
     /// [`Point::DataEnd`] and the empty string for [`Point::Connect`].
     pub fn containing(mut self, text: &str) -> Self {
         self.containing = Some(text.to_owned());
@@ -285,6 +292,10 @@ pub enum Action {
     /// Never replies again but keeps the connection open until the client
     /// closes it or the server shuts down.
     Hang,
+    /// Stops reading and replying but keeps the connection open until the
+    /// server shuts down, so that the client's writes block once the
+    /// socket buffers are full.
+    Stall,
     /// Waits for the duration, then performs the inner action.
     Delay(Duration, Box<Action>),
     /// Replies `220 2.0.0 Ready to start TLS`, reads what the client sends

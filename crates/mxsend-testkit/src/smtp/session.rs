@@ -56,6 +56,8 @@ enum Flow {
     Continue,
     Close,
     Hang,
+    /// Flush the replies, then neither read nor write again.
+    Stall,
     /// A 220 reply to STARTTLS was queued: flush it, then run the handshake.
     StartTls,
     /// Flush the 220, then answer the client's handshake with plain text.
@@ -175,6 +177,13 @@ impl Session {
                 }
                 self.hang().await;
             }
+            Ok(Flow::Stall) => {
+                tracing::debug!(session = number, "test SMTP session stalls");
+                if let Err(error) = self.flush().await {
+                    tracing::debug!(session = number, %error, "test SMTP session write failed");
+                }
+                std::future::pending::<()>().await;
+            }
             Ok(_) => {
                 // The client may already be gone, so write errors only end
                 // the session earlier.
@@ -212,7 +221,7 @@ impl Session {
                         self.break_tls().await?;
                         return Ok(Flow::Close);
                     }
-                    Flow::Close | Flow::Hang => return Ok(flow),
+                    Flow::Close | Flow::Hang | Flow::Stall => return Ok(flow),
                 }
             }
             self.input.drain(..self.consumed);
@@ -331,6 +340,15 @@ impl Session {
             return flow;
         }
 
+        if let Some(action) = self.scripted_action(Point::Body, line) {
+            let flow = self.perform(Some(Point::Body), action, "").await?;
+            if flow != Flow::Continue {
+                return Ok(flow);
+            }
+        }
+        let Some(phase) = self.data.as_mut() else {
+            return Ok(Flow::Continue);
+        };
         // RFC 5321 section 4.5.2: a leading dot on any other line is removed.
         let unstuffed = line.strip_prefix(b".").unwrap_or(line);
         if phase.content.len() + unstuffed.len() > MAX_MESSAGE_SIZE {
@@ -410,7 +428,9 @@ impl Session {
             Point::StartTls => "502 5.5.1 Error: command not implemented",
             // Connect and DataEnd never come from a command line, QUIT was
             // handled above and AUTH has its own default.
-            Point::Connect | Point::DataEnd | Point::Quit | Point::Auth => REPLY_UNKNOWN,
+            Point::Connect | Point::Body | Point::DataEnd | Point::Quit | Point::Auth => {
+                REPLY_UNKNOWN
+            }
         };
         reply.to_owned()
     }
@@ -470,6 +490,7 @@ impl Session {
                 Ok(Flow::BreakTls)
             }
             Action::Hang => Ok(Flow::Hang),
+            Action::Stall => Ok(Flow::Stall),
             Action::Delay(..) => {
                 tracing::warn!(
                     "test SMTP script nests Action::Delay deeper than {MAX_DELAY_NESTING}, closing the connection"
