@@ -476,6 +476,63 @@ async fn stall_action_stops_reading() {
 }
 
 #[tokio::test]
+async fn bdat_chunks_stored_octet_for_octet() {
+    let script = Script::new().extensions(&["PIPELINING", "CHUNKING", "BINARYMIME"]);
+    let server = SmtpServer::start(script).await.unwrap();
+    let mut client = greeted_client(&server).await;
+    client.command("EHLO client.test").await;
+    client
+        .command("MAIL FROM:<s@example.test> BODY=BINARYMIME")
+        .await;
+    client.command("RCPT TO:<r@example.test>").await;
+    // A chunk that looks like commands and an end of data: only the size
+    // counts.
+    client.send(b"BDAT 12\r\nQUIT\r\n.\r\n\0\n\r").await;
+    assert_eq!(client.reply().await, "250 2.0.0 12 octets received\r\n");
+    client.send(b"BDAT 3 LAST\r\nend").await;
+    assert_eq!(client.reply().await, "250 2.0.0 Ok: queued\r\n");
+    let messages = server.messages();
+    assert_eq!(messages[0].data, b"QUIT\r\n.\r\n\0\n\rend");
+    assert_eq!(messages[0].mail_params, "BODY=BINARYMIME");
+}
+
+#[tokio::test]
+async fn bdat_refused_without_chunking_and_octets_skipped() {
+    let server = SmtpServer::start(Script::new()).await.unwrap();
+    let mut client = greeted_client(&server).await;
+    client.command("EHLO client.test").await;
+    client.command("MAIL FROM:<s@example.test>").await;
+    client.command("RCPT TO:<r@example.test>").await;
+    client.send(b"BDAT 6 LAST\r\nRSET\r\n").await;
+    assert_eq!(
+        client.reply().await,
+        "502 5.5.1 Error: BDAT not offered\r\n"
+    );
+    assert_eq!(client.command("NOOP").await, "250 2.0.0 Ok\r\n");
+    assert!(server.messages().is_empty());
+}
+
+#[tokio::test]
+async fn bdat_rule_refuses_a_chunk() {
+    let script = Script::new()
+        .extensions(&["CHUNKING"])
+        .on(Point::Bdat.nth(1), Action::reply("452 4.3.1 out of room"));
+    let server = SmtpServer::start(script).await.unwrap();
+    let mut client = greeted_client(&server).await;
+    client.command("EHLO client.test").await;
+    client.command("MAIL FROM:<s@example.test>").await;
+    client.command("RCPT TO:<r@example.test>").await;
+    client.send(b"BDAT 2\r\nab").await;
+    assert_eq!(client.reply().await, "452 4.3.1 out of room\r\n");
+    client.send(b"BDAT 2 LAST\r\ncd").await;
+    assert_eq!(
+        client.reply().await,
+        "503 5.5.1 Error: need RCPT command\r\n"
+    );
+    assert!(server.messages().is_empty());
+}
+
+#[tokio::test]
 async fn data_reply_without_354_skips_content() {
     let script = Script::new().on(Point::Data, Action::reply("554 5.5.1 No valid recipients"));
     let server = SmtpServer::start(script).await.unwrap();

@@ -13,6 +13,22 @@ pub(crate) fn argument(line: &str) -> &str {
     line.split_once(' ').map_or("", |(_, rest)| rest)
 }
 
+/// Parses the argument of `BDAT size [LAST]` (RFC 3030 section 2): the
+/// chunk size and whether it is the last chunk.
+pub(crate) fn parse_bdat(line: &str) -> Option<(usize, bool)> {
+    let mut words = argument(line).split(' ');
+    let size = words.next()?;
+    if size.is_empty() || !size.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let size = size.parse().ok()?;
+    match (words.next(), words.next()) {
+        (None, _) => Some((size, false)),
+        (Some(last), None) if last.eq_ignore_ascii_case("LAST") => Some((size, true)),
+        _ => None,
+    }
+}
+
 /// Splits the argument of MAIL or RCPT into the path without angle brackets
 /// and the parameters that follow it.
 ///

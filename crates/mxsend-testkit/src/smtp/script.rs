@@ -33,8 +33,11 @@ const DEFAULT_EXTENSIONS: [&str; 5] = [
 ///   the recipient to it.
 /// - A 354 reply to DATA starts the message content. Any other reply means
 ///   the next line is read as a command.
-/// - A 2xx reply to the final dot stores the message. Any other reply, or
-///   [`Action::Close`] and [`Action::Hang`], discards it.
+/// - With CHUNKING advertised, BDAT chunks are read octet for octet and
+///   joined. A reply other than 2xx to a chunk discards the transaction.
+/// - A 2xx reply to the final dot, or to the last BDAT chunk, stores the
+///   message. Any other reply, or [`Action::Close`] and [`Action::Hang`],
+///   discards it.
 /// - Any reply with code 421, and any reply to QUIT, is followed by closing
 ///   the connection.
 ///
@@ -181,8 +184,13 @@ pub enum Point {
     /// and the content is still read, except after 421 or
     /// [`Action::Close`]. Use [`Trigger::containing`] to pick the line.
     Body,
-    /// The final `.` line that ends the message content.
+    /// The final `.` line that ends the message content, or the last BDAT
+    /// chunk, once all its octets have arrived.
     DataEnd,
+    /// A BDAT command other than the last (RFC 3030). The server reads the
+    /// chunk's octets first, then replies. The server takes BDAT only when
+    /// [`Script::extensions`] lists CHUNKING.
+    Bdat,
     /// The RSET command.
     Rset,
     /// The QUIT command.
@@ -251,7 +259,8 @@ impl Trigger {
     ///
     /// The text is the command line without CRLF, the content line with
     /// its line ending for [`Point::Body`], the message content for
-    /// [`Point::DataEnd`] and the empty string for [`Point::Connect`].
+    /// [`Point::DataEnd`] (after DATA or BDAT) and the empty string for
+    /// [`Point::Connect`].
     pub fn containing(mut self, text: &str) -> Self {
         self.containing = Some(text.to_owned());
         self

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::command::{self, parse_path, reply_bytes, reply_code};
+use super::command::{self, parse_bdat, parse_path, reply_bytes, reply_code};
 use super::script::{Action, Event, Point, Script, TlsMode};
 use super::secure::{self, SaslServer, ServerStream};
 use super::{Shared, StoredMessage};
@@ -82,6 +82,17 @@ struct DataPhase {
     previous_line_ended_crlf: bool,
 }
 
+/// A BDAT chunk whose octets are still arriving (RFC 3030 section 2).
+#[derive(Debug)]
+struct Chunk {
+    /// The BDAT command line.
+    command: String,
+    remaining: usize,
+    last: bool,
+    /// The reply when the chunk cannot be taken; its octets are still read.
+    refusal: Option<&'static str>,
+}
+
 pub(crate) struct Session {
     stream: ServerStream,
     script: Arc<Script>,
@@ -102,6 +113,10 @@ pub(crate) struct Session {
     rejected: bool,
     transaction: Option<Transaction>,
     data: Option<DataPhase>,
+    /// The BDAT chunk being read.
+    chunk: Option<Chunk>,
+    /// The transaction and content of the BDAT chunks taken so far.
+    chunked: Option<DataPhase>,
     /// Message whose final dot is being replied to, stored on a 2xx reply.
     finished_message: Option<StoredMessage>,
     tls_active: bool,
@@ -146,6 +161,8 @@ impl Session {
             rejected: false,
             transaction: None,
             data: None,
+            chunk: None,
+            chunked: None,
             finished_message: None,
             tls_active: false,
             authenticated: false,
@@ -208,8 +225,18 @@ impl Session {
         // Each pass reads at least one byte or returns, and `read_more`
         // stops after `MAX_SESSION_BYTES`, so the loop is bounded.
         loop {
-            while let Some(line) = self.next_line() {
-                let flow = self.handle_line(&line).await?;
+            loop {
+                let flow = if self.chunk.is_some() {
+                    if !self.take_chunk_octets() {
+                        break;
+                    }
+                    self.end_chunk().await?
+                } else {
+                    let Some(line) = self.next_line() else {
+                        break;
+                    };
+                    self.handle_line(&line).await?
+                };
                 match flow {
                     Flow::Continue => {}
                     Flow::StartTls => {
@@ -275,6 +302,108 @@ impl Session {
         Some(line)
     }
 
+    /// Moves input octets into the current BDAT chunk. Returns whether the
+    /// chunk is complete.
+    fn take_chunk_octets(&mut self) -> bool {
+        let Some(chunk) = self.chunk.as_mut() else {
+            return false;
+        };
+        let unread = &self.input[self.consumed..];
+        let taken = unread.len().min(chunk.remaining);
+        if chunk.refusal.is_none()
+            && let Some(phase) = self.chunked.as_mut()
+        {
+            phase.content.extend_from_slice(&unread[..taken]);
+        }
+        chunk.remaining -= taken;
+        self.consumed += taken;
+        chunk.remaining == 0
+    }
+
+    /// Starts reading the octets of a BDAT chunk; the reply waits for them.
+    fn begin_chunk(&mut self, text: &str) -> Flow {
+        let Some((size, last)) = parse_bdat(text) else {
+            self.queue_reply("501 5.5.4 Syntax: BDAT size [LAST]");
+            return Flow::Continue;
+        };
+        let offered = self
+            .script
+            .extensions
+            .iter()
+            .any(|keyword| keyword.eq_ignore_ascii_case("CHUNKING"));
+        let has_recipients =
+            |phase: Option<&Transaction>| phase.is_some_and(|t| !t.rcpt_to.is_empty());
+        let refusal = if !offered {
+            Some("502 5.5.1 Error: BDAT not offered")
+        } else if self.rejected {
+            Some(REPLY_REJECTED)
+        } else if self.chunked.is_none() && !has_recipients(self.transaction.as_ref()) {
+            Some("503 5.5.1 Error: need RCPT command")
+        } else if self.chunked.as_ref().map_or(0, |phase| phase.content.len()) + size
+            > MAX_MESSAGE_SIZE
+        {
+            Some("552 5.3.4 Error: message too big")
+        } else {
+            None
+        };
+        if refusal.is_none() && self.chunked.is_none() {
+            self.chunked = Some(DataPhase {
+                transaction: self.transaction.take().unwrap_or_default(),
+                content: Vec::new(),
+                previous_line_ended_crlf: true,
+            });
+        }
+        self.chunk = Some(Chunk {
+            command: text.to_owned(),
+            remaining: size,
+            last,
+            refusal,
+        });
+        Flow::Continue
+    }
+
+    /// Replies to a BDAT chunk whose octets have all arrived.
+    async fn end_chunk(&mut self) -> io::Result<Flow> {
+        let Some(chunk) = self.chunk.take() else {
+            return Ok(Flow::Continue);
+        };
+        if let Some(refusal) = chunk.refusal {
+            self.queue_reply(refusal);
+            return Ok(Flow::Continue);
+        }
+        if !chunk.last {
+            let default = Action::Reply(format!(
+                "250 2.0.0 {} octets received",
+                self.chunked.as_ref().map_or(0, |phase| phase.content.len())
+            ));
+            let action = self
+                .scripted_action(Point::Bdat, chunk.command.as_bytes())
+                .unwrap_or(default);
+            return self
+                .perform(Some(Point::Bdat), action, &chunk.command)
+                .await;
+        }
+        let Some(phase) = self.chunked.take() else {
+            return Ok(Flow::Continue);
+        };
+        let message = StoredMessage {
+            mail_from: phase.transaction.mail_from,
+            rcpt_to: phase.transaction.rcpt_to,
+            mail_params: phase.transaction.mail_params,
+            data: phase.content,
+        };
+        let default = Action::Reply("250 2.0.0 Ok: queued".to_owned());
+        let action = self
+            .scripted_action(Point::DataEnd, &message.data)
+            .unwrap_or(default);
+        self.finished_message = Some(message);
+        let flow = self
+            .perform(Some(Point::DataEnd), action, &chunk.command)
+            .await;
+        self.finished_message = None;
+        flow
+    }
+
     async fn handle_line(&mut self, line: &[u8]) -> io::Result<Flow> {
         if self.data.is_some() {
             return self.handle_content_line(line).await;
@@ -304,6 +433,7 @@ impl Session {
             "NOOP" => Some(Point::Noop),
             "STARTTLS" => Some(Point::StartTls),
             "AUTH" => Some(Point::Auth),
+            "BDAT" => return Ok(self.begin_chunk(&text)),
             _ => None,
         };
         let scripted = point.and_then(|point| self.scripted_action(point, text.as_bytes()));
@@ -428,9 +558,12 @@ impl Session {
             Point::StartTls => "502 5.5.1 Error: command not implemented",
             // Connect and DataEnd never come from a command line, QUIT was
             // handled above and AUTH has its own default.
-            Point::Connect | Point::Body | Point::DataEnd | Point::Quit | Point::Auth => {
-                REPLY_UNKNOWN
-            }
+            Point::Connect
+            | Point::Body
+            | Point::DataEnd
+            | Point::Bdat
+            | Point::Quit
+            | Point::Auth => REPLY_UNKNOWN,
         };
         reply.to_owned()
     }
@@ -533,6 +666,7 @@ impl Session {
             Some(Point::Ehlo | Point::Helo) if positive => {
                 self.greeted = true;
                 self.transaction = None;
+                self.chunked = None;
             }
             Some(Point::Mail) if positive => {
                 let (mail_from, mail_params) = parse_path(text, "FROM:")
@@ -564,7 +698,11 @@ impl Session {
                     self.shared.store_message(message);
                 }
             }
-            Some(Point::Rset) if positive => self.transaction = None,
+            Some(Point::Bdat) if !positive => self.chunked = None,
+            Some(Point::Rset) if positive => {
+                self.transaction = None;
+                self.chunked = None;
+            }
             Some(Point::StartTls)
                 if code == Some(220)
                     && !self.tls_active
