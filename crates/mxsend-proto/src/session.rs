@@ -426,6 +426,11 @@ pub struct Envelope {
     pub size: Option<u64>,
     /// Whether the content has octets of 0x80 or above.
     pub eight_bit: bool,
+    /// Whether the content is binary MIME, to be sent octet for octet with
+    /// `BODY=BINARYMIME` in BDAT chunks (RFC 3030 section 3). A server
+    /// without BINARYMIME and CHUNKING, or a session with chunking off,
+    /// gets no transaction: every recipient is refused with 5.6.3.
+    pub binary: bool,
     /// Whether the header section has octets of 0x80 or above, which
     /// RFC 6532 allows only with SMTPUTF8.
     pub utf8_headers: bool,
@@ -711,8 +716,11 @@ fn mail_command(envelope: &Envelope, extensions: &Extensions) -> String {
         command.push_str(&format!(" SIZE={size}"));
     }
     // C-8B-02, RFC 6152 section 3. Content with 8-bit octets never reaches a
-    // server without 8BITMIME: plan_recipients refuses it first.
-    if envelope.eight_bit && extensions.eight_bit_mime {
+    // server without 8BITMIME, nor binary content one without BINARYMIME
+    // (C-EXT-02, RFC 3030 section 3): plan_recipients refuses them first.
+    if envelope.binary && extensions.binary_mime {
+        command.push_str(" BODY=BINARYMIME");
+    } else if envelope.eight_bit && extensions.eight_bit_mime {
         command.push_str(" BODY=8BITMIME");
     }
     // RFC 6531 section 3.4: only when an address or a header needs it.
@@ -734,20 +742,23 @@ fn mail_command(envelope: &Envelope, extensions: &Extensions) -> String {
 /// Decides, before anything is sent, the RCPT argument of each recipient
 /// and which recipients this server cannot take at all.
 ///
-/// Three cases refuse every recipient. The first is a message larger than
-/// the advertised SIZE (C-8B-05, RFC 1870 section 6). The second is 8-bit
-/// content for a server without 8BITMIME, because mxsend does not convert
-/// to 7-bit (C-8B-03, RFC 6152 section 3). The third is a sender with a
-/// non-ASCII local part for a server without SMTPUTF8. Without SMTPUTF8, a
+/// Four cases refuse every recipient. The first is a message larger than
+/// the advertised SIZE (C-8B-05, RFC 1870 section 6). The second is binary
+/// content when the session cannot use BINARYMIME with BDAT (C-EXT-02, RFC
+/// 3030 section 3). The third is 8-bit content for a server without
+/// 8BITMIME, because mxsend does not convert to 7-bit (C-8B-03, RFC 6152
+/// section 3). The fourth is a sender with a non-ASCII local part for a
+/// server without SMTPUTF8. Without SMTPUTF8, a
 /// recipient with a non-ASCII local part is refused alone, and one with
 /// only a non-ASCII domain is sent in A-labels (C-8B-04, RFC 6531 section
 /// 3.2).
 fn plan_recipients(
     envelope: &Envelope,
     extensions: &Extensions,
+    chunked: bool,
 ) -> (Vec<String>, Vec<Option<Reply>>) {
     let count = envelope.recipients.len();
-    let whole = message_refusal(envelope, extensions);
+    let whole = message_refusal(envelope, extensions, chunked);
     let mut forward_paths = Vec::with_capacity(count);
     let mut refusals = Vec::with_capacity(count);
     for recipient in &envelope.recipients {
@@ -781,8 +792,9 @@ fn plan_recipients(
 }
 
 /// Makes up the reply for a message that cannot go to this server at all,
-/// or returns `None` when it can.
-fn message_refusal(envelope: &Envelope, extensions: &Extensions) -> Option<Reply> {
+/// or returns `None` when it can. `chunked` tells whether the transaction
+/// would use BDAT.
+fn message_refusal(envelope: &Envelope, extensions: &Extensions, chunked: bool) -> Option<Reply> {
     // A SIZE of 0 declares no fixed limit (RFC 1870 section 4).
     if let (Some(limit), Some(size)) = (extensions.size, envelope.size)
         && limit > 0
@@ -795,9 +807,25 @@ fn message_refusal(envelope: &Envelope, extensions: &Extensions) -> Option<Reply
             )],
         ));
     }
+    if envelope.binary && !(extensions.binary_mime && chunked) {
+        let why = match (extensions.binary_mime, extensions.chunking) {
+            (true, true) => "BDAT is turned off for this session",
+            (true, false) => "the server offers BINARYMIME without CHUNKING",
+            (false, _) => "the server does not offer BINARYMIME",
+        };
+        return Some(Reply::new(
+            554,
+            &[format!(
+                "5.6.3 not sent: the message is binary MIME and {why}; \
+                 encode its binary parts as base64 to send it there"
+            )],
+        ));
+    }
     // A server with SMTPUTF8 must support 8BITMIME too (RFC 6531 section
     // 3.1), so Postfix treats it as 8BITMIME-capable, and so does mxsend.
-    if envelope.eight_bit && !extensions.eight_bit_mime && !extensions.smtputf8 {
+    // BINARYMIME, checked above, covers 8-bit octets as well.
+    if envelope.eight_bit && !envelope.binary && !extensions.eight_bit_mime && !extensions.smtputf8
+    {
         return Some(Reply::new(
             554,
             &[
@@ -1070,7 +1098,7 @@ impl ClientSession {
         let extensions = self.extensions.clone().unwrap_or_default();
         let chunked = self.config.chunking && extensions.chunking;
         let count = envelope.recipients.len();
-        let (forward_paths, refusals) = plan_recipients(&envelope, &extensions);
+        let (forward_paths, refusals) = plan_recipients(&envelope, &extensions, chunked);
         Transaction {
             forward_paths,
             refusals,

@@ -479,3 +479,65 @@ fn utf8_headers_ask_for_smtputf8() {
     let without = accepted_commands(&["8BITMIME"], utf8);
     assert_eq!(without[0], "MAIL FROM:<a@client.test> BODY=8BITMIME");
 }
+
+fn binary_envelope() -> Envelope {
+    Envelope {
+        binary: true,
+        ..envelope("a@client.test", &["b@mx.test"], 10, true)
+    }
+}
+
+/// C-EXT-02, RFC 3030 section 3: binary content goes with BODY=BINARYMIME,
+/// in BDAT chunks, never with DATA.
+#[test]
+fn binary_content_sent_with_binarymime_and_bdat() {
+    let mut session = ready_chunking(&["PIPELINING", "CHUNKING", "BINARYMIME", "8BITMIME"]);
+    session.start_transaction(binary_envelope()).unwrap();
+    assert_eq!(
+        sent(&mut session),
+        "MAIL FROM:<a@client.test> BODY=BINARYMIME\r\nRCPT TO:<b@mx.test>\r\n"
+    );
+    session.handle_input(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n");
+    assert_eq!(take_events(&mut session), [Event::SendData]);
+    assert!(session.is_chunking());
+}
+
+/// Binary content is refused with 5.6.3 before anything is sent when the
+/// session cannot use BINARYMIME with BDAT, whichever part is missing.
+#[test]
+fn binary_content_refused_without_binarymime_and_bdat() {
+    let cases: [(&[&str], bool, &str); 4] = [
+        (&["CHUNKING", "8BITMIME"], true, "does not offer BINARYMIME"),
+        (&["BINARYMIME", "8BITMIME"], true, "without CHUNKING"),
+        (&["CHUNKING", "BINARYMIME"], false, "BDAT is turned off"),
+        (&["PIPELINING"], false, "does not offer BINARYMIME"),
+    ];
+    for (keywords, chunking, why) in cases {
+        let mut session = if chunking {
+            ready_chunking(keywords)
+        } else {
+            ready(keywords)
+        };
+        session.start_transaction(binary_envelope()).unwrap();
+        assert_eq!(session.poll_transmit(), None, "{keywords:?}");
+        let report = report(take_events(&mut session));
+        let recipient = &report.recipients[0];
+        assert!(recipient.refused_locally, "{keywords:?}");
+        let reply = recipient.reply.as_ref().unwrap();
+        assert_eq!(reply.code(), 554);
+        assert!(reply.to_string().contains("5.6.3 not sent"), "{reply}");
+        assert!(reply.text().contains(why), "{keywords:?}: {reply}");
+    }
+}
+
+/// BINARYMIME covers 8-bit octets: a server with BINARYMIME and CHUNKING
+/// but without 8BITMIME still takes binary content with 8-bit octets.
+#[test]
+fn binary_content_needs_no_8bitmime() {
+    let mut session = ready_chunking(&["CHUNKING", "BINARYMIME"]);
+    session.start_transaction(binary_envelope()).unwrap();
+    assert_eq!(
+        sent(&mut session),
+        "MAIL FROM:<a@client.test> BODY=BINARYMIME\r\n"
+    );
+}

@@ -217,6 +217,7 @@ fn envelope_of(message: &Message, recipients: &[mxsend_proto::Address]) -> Envel
         recipients: recipients.to_vec(),
         size: Some(message.size()),
         eight_bit: message.is_eight_bit(),
+        binary: message.is_binary(),
         utf8_headers: message.has_utf8_headers(),
         dsn: message.dsn().clone(),
     }
@@ -993,7 +994,9 @@ impl Connection {
             .open()
             .await
             .map_err(|e| content_error(ContentError::Read(e)))?;
-        let mut encoder = DataEncoder::for_bdat(self.data_policy);
+        // Binary MIME goes as it is (RFC 3030 section 3); text gets CRLF
+        // line breaks, as with DATA.
+        let mut encoder = (!message.is_binary()).then(|| DataEncoder::for_bdat(self.data_policy));
         let mut chunk = vec![0; CHUNK_SIZE];
         let mut wire = Vec::with_capacity(BDAT_CHUNK_SIZE + CHUNK_SIZE + CHUNK_SIZE / 4);
         loop {
@@ -1004,9 +1007,12 @@ impl Connection {
             if read == 0 {
                 break;
             }
-            encoder
-                .encode(&chunk[..read], &mut wire)
-                .map_err(|e| content_error(e.into()))?;
+            match encoder.as_mut() {
+                Some(encoder) => encoder
+                    .encode(&chunk[..read], &mut wire)
+                    .map_err(|e| content_error(e.into()))?,
+                None => wire.extend_from_slice(&chunk[..read]),
+            }
             if wire.len() < BDAT_CHUNK_SIZE {
                 continue;
             }
@@ -1024,9 +1030,11 @@ impl Connection {
                 return Ok(());
             }
         }
-        encoder
-            .finish(&mut wire)
-            .map_err(|e| content_error(e.into()))?;
+        if let Some(encoder) = encoder.as_mut() {
+            encoder
+                .finish(&mut wire)
+                .map_err(|e| content_error(e.into()))?;
+        }
         self.write_chunk(&wire, true).await
     }
 

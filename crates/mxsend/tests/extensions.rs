@@ -397,3 +397,89 @@ async fn line_of_2000_octets_refused() {
     assert!(text.contains("line 4"), "{text}");
     assert!(matches!(error, MessageError::Data(_)), "{error:?}");
 }
+
+/// Binary MIME content of about 2.5 MiB, so that it takes three BDAT
+/// chunks: every octet value, bare CR and LF, a line that would end DATA,
+/// a NUL and a line of 2,000 octets in its binary part.
+fn binary_content() -> Vec<u8> {
+    let mut content = b"MIME-Version: 1.0\r\n\
+Content-Type: application/octet-stream\r\n\
+Content-Transfer-Encoding: binary\r\n\r\n"
+        .to_vec();
+    content.extend_from_slice(b"\r\n.\r\n\0bare\nlf\rcr\n.\n");
+    content.extend(std::iter::repeat_n(b'y', 2000));
+    for round in 0..10_000u32 {
+        content.extend((0..=255u8).map(|octet| octet.wrapping_add(round as u8)));
+    }
+    content
+}
+
+/// C-EXT-02, RFC 3030 section 3: binary content goes with BODY=BINARYMIME
+/// in BDAT chunks and arrives octet for octet, with SIZE the exact count.
+#[tokio::test]
+async fn binary_content_sent_as_is_under_binarymime() {
+    let content = binary_content();
+    let peers = peers(Script::new().extensions(&[
+        "PIPELINING",
+        "8BITMIME",
+        "CHUNKING",
+        "BINARYMIME",
+        "SIZE 10485760",
+    ]))
+    .await;
+    let message = Message::from_binary_bytes(
+        Some(Address::parse(SENDER).unwrap()),
+        vec![Address::parse("one@example.net").unwrap()],
+        content.clone(),
+    )
+    .await
+    .unwrap();
+    let (report, session) = deliver(&peers, &message).await;
+    assert_eq!(outcomes(&report), [Outcome::Delivered], "{report:?}");
+    assert_eq!(
+        mail_command(&session),
+        format!(
+            "MAIL FROM:<{SENDER}> SIZE={} BODY=BINARYMIME",
+            content.len()
+        )
+    );
+    let chunks: Vec<&String> = session
+        .commands
+        .iter()
+        .filter(|c| c.starts_with("BDAT "))
+        .collect();
+    assert_eq!(chunks.len(), 3, "{chunks:?}");
+    assert!(chunks[2].ends_with(" LAST"), "{chunks:?}");
+    assert!(!session.commands.iter().any(|c| c == "DATA"));
+    let stored = peers.smtp.messages();
+    assert!(stored[0].data == content, "the stored content differs");
+}
+
+/// Without BINARYMIME, or without CHUNKING, binary content is not sent at
+/// all: the recipient fails with 5.6.3 and no MAIL goes out.
+#[tokio::test]
+async fn binary_content_refused_without_binarymime() {
+    for extensions in [
+        &["PIPELINING", "8BITMIME", "CHUNKING"][..],
+        &["PIPELINING", "8BITMIME", "BINARYMIME"],
+    ] {
+        let peers = peers(Script::new().extensions(extensions)).await;
+        let message = Message::from_binary_bytes(
+            Some(Address::parse(SENDER).unwrap()),
+            vec![Address::parse("one@example.net").unwrap()],
+            binary_content(),
+        )
+        .await
+        .unwrap();
+        let (report, session) = deliver(&peers, &message).await;
+        assert_eq!(outcomes(&report), [Outcome::Failed], "{extensions:?}");
+        let reply = report.recipients[0].reply.as_ref().unwrap();
+        assert_eq!(reply.enhanced.as_deref(), Some("5.6.3"), "{extensions:?}");
+        assert!(report.recipients[0].local);
+        assert!(
+            !session.commands.iter().any(|c| c.starts_with("MAIL ")),
+            "{session:?}"
+        );
+        assert!(peers.smtp.messages().is_empty());
+    }
+}
