@@ -4,10 +4,12 @@
 //! configuration byte turns pipelining off, bit 1 the HELO fallback, bit 2
 //! the transcript, bit 3 selects small reply limits, bit 4 selects
 //! opportunistic STARTTLS, bit 5 required STARTTLS and bit 6 turns BDAT on.
-//! In the script, bytes 0x01 to 0x05, 0x08 and 0x0B are actions (see
+//! In the script, bytes 0x01 to 0x05, 0x08, 0x0B and 0x0E are actions (see
 //! [`Action`]), and all other bytes are server input,
 //! fed in chunks that end at a [`super::SPLIT`] or at the next action. After
 //! the script the session gets an end of connection.
+
+use std::collections::VecDeque;
 
 use mxsend_proto::{
     Address, ClientSession, Envelope, Event, Outcome, Reply, ReplyLimits, SessionConfig,
@@ -34,6 +36,11 @@ pub const TLS_ESTABLISHED: u8 = 0x08;
 /// 0-6 give the chunk size and bit 7 marks the last chunk. It is VT, not TAB
 /// (0x09), so that server text keeps its tabs.
 pub const BDAT: u8 = 0x0b;
+/// Action byte: the driver queues the next transaction, as a pipelining
+/// driver does right after [`DATA_SENT`]. The byte after it selects the
+/// envelope (see [`envelope_for`]). It is SO, not FF (0x0C), because the
+/// committed inputs use FF as server text.
+pub const QUEUE: u8 = 0x0e;
 
 /// Recipients that envelopes pick from: ASCII, UTF-8 (which needs
 /// SMTPUTF8), and a quoted local part with an address literal.
@@ -63,6 +70,9 @@ pub enum Action {
     TlsEstablished,
     /// [`ClientSession::bdat`] with the chunk selected by the byte.
     Bdat(u8),
+    /// [`ClientSession::queue_transaction`] with [`envelope_for`] of the
+    /// byte.
+    Queue(u8),
 }
 
 /// Reads the next action, or `None` at the end of the script.
@@ -80,13 +90,14 @@ pub fn next_action(script: &mut Script<'_>) -> Option<Action> {
         TIMEOUT => Action::Timeout,
         TLS_ESTABLISHED => Action::TlsEstablished,
         BDAT => Action::Bdat(script.next_byte().unwrap_or(0)),
+        QUEUE => Action::Queue(script.next_byte().unwrap_or(0)),
         _ => unreachable!("is_action accepts only the action bytes"),
     };
     Some(action)
 }
 
 fn is_action(byte: u8) -> bool {
-    (START..=TIMEOUT).contains(&byte) || byte == TLS_ESTABLISHED || byte == BDAT
+    (START..=TIMEOUT).contains(&byte) || matches!(byte, TLS_ESTABLISHED | BDAT | QUEUE)
 }
 
 /// Builds the envelope for a START byte: bits 0-2 give the number of
@@ -118,8 +129,19 @@ pub fn envelope_for(selector: u8) -> Envelope {
 /// - It is not closed after an end of connection or an expired timeout.
 /// - It transmits a bare CR or LF, or anything after closing.
 /// - It accepts a transaction when it is not ready, or rejects one when it is.
-/// - A started transaction does not get exactly one report, with one outcome
-///   per recipient that agrees with the replies in the report.
+/// - It queues a transaction without PIPELINING, behind BDAT, while a reply
+///   other than the one to a final dot is due, or behind another queued
+///   transaction.
+/// - It rejects a plain envelope (see [`is_plain`]) for queueing although
+///   none of the cases above applies.
+/// - A started or queued transaction does not get exactly one report before
+///   [`Event::Closed`], in the order the transactions began, with one
+///   outcome per recipient that agrees with the replies in the report.
+/// - A recipient is delivered or uncertain although the driver never sent
+///   the content of its own transaction, or is delivered by a step that was
+///   not server input.
+/// - [`Event::Ready`] or [`Event::SendData`] comes while an earlier
+///   transaction is still unreported.
 /// - It becomes ready without TLS when STARTTLS is required, or keeps bytes
 ///   that arrived after the STARTTLS go-ahead.
 pub fn check(input: &[u8]) {
@@ -154,15 +176,40 @@ fn config_for(flags: u8) -> SessionConfig {
     config
 }
 
+/// A transaction that the driver started or queued and the session has not
+/// reported yet.
+struct OpenTransaction {
+    recipients: Vec<Address>,
+    /// Whether the driver sent the content: the final dot after DATA, or
+    /// the last BDAT chunk.
+    content_sent: bool,
+}
+
+impl OpenTransaction {
+    fn new(recipients: Vec<Address>) -> Self {
+        OpenTransaction {
+            recipients,
+            content_sent: false,
+        }
+    }
+}
+
 /// A driver that records what the session promised and checks each event
 /// against it.
 struct Driver {
     session: ClientSession,
     limits: ReplyLimits,
     starttls: StartTls,
-    /// The recipients of the transaction that has started and not yet been
-    /// reported.
-    open: Option<Vec<Address>>,
+    /// Whether the configuration allows pipelining. Queueing also needs the
+    /// server to advertise PIPELINING.
+    pipelining: bool,
+    /// The transactions that have started and not yet been reported, oldest
+    /// first: the current one and at most one queued behind it.
+    open: VecDeque<OpenTransaction>,
+    /// Whether the driver has sent a final dot after DATA and the session has
+    /// not yet reported that transaction. Only then may a transaction be
+    /// queued.
+    awaiting_dot_reply: bool,
     /// Whether [`Event::Closed`] has been taken.
     closed: bool,
     /// Whether [`Event::StartTls`] has been taken and the handshake has not
@@ -175,8 +222,10 @@ impl Driver {
         Driver {
             limits: config.reply_limits,
             starttls: config.starttls,
+            pipelining: config.pipelining,
             session: ClientSession::new(config),
-            open: None,
+            open: VecDeque::new(),
+            awaiting_dot_reply: false,
             closed: false,
             awaiting_tls: false,
         }
@@ -186,10 +235,11 @@ impl Driver {
         let was_ready = self.session.is_ready();
         let had_timeout = self.session.timeout().is_some();
         let closed_before = self.closed;
+        let mut queued = false;
         match &action {
             Action::Input(bytes) => self.session.handle_input(bytes),
             Action::Start(selector) => self.start(*selector, was_ready),
-            Action::DataSent => self.session.data_sent(),
+            Action::DataSent => self.data_sent(),
             Action::Quit => self.session.quit(),
             Action::Eof => self.session.handle_eof(),
             Action::Timeout => self.session.handle_timeout(),
@@ -198,9 +248,13 @@ impl Driver {
                 self.awaiting_tls = false;
             }
             Action::Bdat(selector) => self.bdat(*selector),
+            Action::Queue(selector) => queued = self.queue(*selector),
         }
-        self.take_events();
-        self.take_transmit(closed_before);
+        self.take_events(matches!(action, Action::Input(_)));
+        let transmitted = self.take_transmit(closed_before);
+        if matches!(action, Action::Queue(_)) {
+            check_queued_commands(queued, transmitted.as_deref());
+        }
 
         match action {
             Action::Eof => assert!(
@@ -238,10 +292,10 @@ impl Driver {
             Ok(()) => {
                 assert!(was_ready, "a transaction started while not ready");
                 assert!(
-                    self.open.is_none(),
+                    self.open.is_empty(),
                     "a transaction started before the last one was reported"
                 );
-                self.open = Some(recipients);
+                self.open.push_back(OpenTransaction::new(recipients));
             }
             Err(error) => {
                 assert!(!was_ready, "a ready session refused a transaction");
@@ -250,6 +304,69 @@ impl Driver {
                     "unexpected error {error:?}"
                 );
             }
+        }
+    }
+
+    /// Queues the envelope for `selector` and checks the result against the
+    /// conditions of [`ClientSession::queue_transaction`]. Returns whether
+    /// the session queued it.
+    fn queue(&mut self, selector: u8) -> bool {
+        let envelope = envelope_for(selector);
+        let recipients = envelope.recipients.clone();
+        let plain = is_plain(&envelope);
+        let pipelining = self.pipelining && self.session.extensions().is_some_and(|e| e.pipelining);
+        match self.session.queue_transaction(envelope) {
+            Ok(()) => {
+                assert!(
+                    pipelining,
+                    "queue_transaction accepted a transaction without PIPELINING"
+                );
+                assert!(
+                    self.awaiting_dot_reply,
+                    "queue_transaction accepted a transaction while no final dot after DATA \
+                     waits for its reply"
+                );
+                assert_eq!(
+                    self.open.len(),
+                    1,
+                    "queue_transaction accepted a transaction while another one is queued"
+                );
+                assert!(
+                    !recipients.is_empty(),
+                    "queue_transaction accepted an envelope with no recipients"
+                );
+                self.open.push_back(OpenTransaction::new(recipients));
+                true
+            }
+            Err(error) => {
+                let allowed = pipelining && self.awaiting_dot_reply && self.open.len() == 1;
+                assert!(
+                    !(allowed && plain),
+                    "queue_transaction rejected the plain envelope {selector:#04x} while only \
+                     the reply to a final dot is due: {error:?}"
+                );
+                assert!(
+                    matches!(error, SessionError::NotReady { .. }),
+                    "unexpected error {error:?}"
+                );
+                false
+            }
+        }
+    }
+
+    /// Calls [`ClientSession::data_sent`] and records when it ends a data
+    /// phase after DATA. With BDAT, or outside a data phase, the call has
+    /// no effect.
+    fn data_sent(&mut self) {
+        let ends_data = self.session.is_sending_data() && !self.session.is_chunking();
+        self.session.data_sent();
+        if ends_data {
+            let current = self
+                .open
+                .front_mut()
+                .expect("a data phase belongs to an open transaction");
+            current.content_sent = true;
+            self.awaiting_dot_reply = true;
         }
     }
 
@@ -271,6 +388,11 @@ impl Driver {
                         !self.session.is_sending_data(),
                         "the data phase goes on after BDAT LAST"
                     );
+                    let current = self
+                        .open
+                        .front_mut()
+                        .expect("a data phase belongs to an open transaction");
+                    current.content_sent = true;
                 }
             }
             Err(error) => {
@@ -283,14 +405,23 @@ impl Driver {
         }
     }
 
-    fn take_events(&mut self) {
+    /// Takes the events of one step. `from_server` is true when the step fed
+    /// server input, which is the only step that can deliver a recipient.
+    fn take_events(&mut self, from_server: bool) {
         while let Some(event) = self.session.poll_event() {
             assert!(!self.closed, "event {event:?} after Event::Closed");
             match event {
-                Event::Ready => assert!(
-                    self.starttls != StartTls::Required || self.session.is_encrypted(),
-                    "the session became ready without TLS although STARTTLS is required"
-                ),
+                Event::Ready => {
+                    assert!(
+                        self.starttls != StartTls::Required || self.session.is_encrypted(),
+                        "the session became ready without TLS although STARTTLS is required"
+                    );
+                    assert!(
+                        self.open.is_empty(),
+                        "Event::Ready while {} transactions are unreported",
+                        self.open.len()
+                    );
+                }
                 Event::StartTls => {
                     self.awaiting_tls = true;
                     assert_ne!(
@@ -307,22 +438,33 @@ impl Driver {
                         self.session.buffered_len()
                     );
                 }
-                Event::SendData => assert!(
-                    self.open.is_some(),
-                    "Event::SendData without an open transaction"
-                ),
+                Event::SendData => {
+                    assert!(
+                        !self.open.is_empty(),
+                        "Event::SendData without an open transaction"
+                    );
+                    assert!(
+                        self.open.len() < 2,
+                        "Event::SendData before the previous transaction was reported"
+                    );
+                }
                 Event::TransactionComplete(report) => {
-                    let Some(recipients) = self.open.take() else {
+                    let Some(transaction) = self.open.pop_front() else {
                         panic!("a transaction report without a started transaction: {report:?}");
                     };
-                    check_report(&report, &recipients);
+                    self.awaiting_dot_reply = false;
+                    check_report(&report, &transaction, from_server);
                 }
                 Event::Closed(result) => {
+                    let unreported: Vec<&[Address]> = self
+                        .open
+                        .iter()
+                        .map(|transaction| transaction.recipients.as_slice())
+                        .collect();
                     assert!(
-                        self.open.is_none(),
-                        "the session closed with {result:?} and never reported the transaction \
-                         for {:?}",
-                        self.open
+                        unreported.is_empty(),
+                        "the session closed with {result:?} and never reported the transactions \
+                         for {unreported:?}"
                     );
                     self.closed = true;
                 }
@@ -335,14 +477,12 @@ impl Driver {
         );
     }
 
-    /// Takes the bytes to send. `closed_before` is true when the session
-    /// had closed before this step: bytes queued by the step that closed it,
-    /// such as the QUIT after a refusal, may still go out, but no later step
-    /// may queue any.
-    fn take_transmit(&mut self, closed_before: bool) {
-        let Some(bytes) = self.session.poll_transmit() else {
-            return;
-        };
+    /// Takes and returns the bytes to send. `closed_before` is true when the
+    /// session had closed before this step: bytes queued by the step that
+    /// closed it, such as the QUIT after a refusal, may still go out, but no
+    /// later step may queue any.
+    fn take_transmit(&mut self, closed_before: bool) -> Option<Vec<u8>> {
+        let bytes = self.session.poll_transmit()?;
         assert!(!bytes.is_empty(), "poll_transmit returned no bytes");
         assert_crlf_only(&bytes, "the transmitted commands");
         assert!(
@@ -350,12 +490,54 @@ impl Driver {
             "a transmitted command does not end with CRLF"
         );
         assert!(!closed_before, "bytes to transmit after the session closed");
+        Some(bytes)
     }
 }
 
+/// Checks the bytes that a QUEUE step left to transmit: the queued
+/// transaction's pipelined MAIL, RCPT and DATA when `queued`, else nothing.
+fn check_queued_commands(queued: bool, transmitted: Option<&[u8]>) {
+    let Some(bytes) = transmitted else {
+        assert!(
+            !queued,
+            "queue_transaction queued a transaction and sent nothing"
+        );
+        return;
+    };
+    let text = String::from_utf8_lossy(bytes);
+    assert!(
+        queued,
+        "queue_transaction rejected a transaction but sent {text:?}"
+    );
+    assert!(
+        bytes.starts_with(b"MAIL FROM:<"),
+        "the queued commands do not start with MAIL: {text:?}"
+    );
+    assert!(
+        bytes.ends_with(b"\r\nDATA\r\n"),
+        "the queued commands do not end with DATA: {text:?}"
+    );
+}
+
+/// Returns whether any server that completed EHLO can take every recipient
+/// of `envelope`: it has recipients, its sender and recipients are ASCII,
+/// its content is 7-bit, and it declares no size. The session rejects some
+/// other envelopes locally, so a rejected queue call for one of them proves
+/// nothing.
+fn is_plain(envelope: &Envelope) -> bool {
+    !envelope.recipients.is_empty()
+        && envelope.sender.iter().all(Address::is_ascii)
+        && envelope.recipients.iter().all(Address::is_ascii)
+        && !envelope.eight_bit
+        && envelope.size.is_none()
+}
+
 /// Checks that a report has one outcome per recipient, in envelope order,
-/// and that each outcome follows from the replies in the report.
-fn check_report(report: &TransactionReport, recipients: &[Address]) {
+/// and that each outcome follows from the replies in the report and from
+/// what the driver sent. `from_server` is true when server input produced
+/// the report.
+fn check_report(report: &TransactionReport, transaction: &OpenTransaction, from_server: bool) {
+    let recipients = &transaction.recipients;
     let reported: Vec<&Address> = report.recipients.iter().map(|r| &r.address).collect();
     let expected: Vec<&Address> = recipients.iter().collect();
     assert_eq!(reported, expected, "the report's recipients");
@@ -373,12 +555,28 @@ fn check_report(report: &TransactionReport, recipients: &[Address]) {
                     "{address} is delivered without positive MAIL, RCPT and final replies: \
                      {report:?}"
                 );
+                assert!(
+                    transaction.content_sent,
+                    "{address} is delivered but its transaction's content was never sent: \
+                     {report:?}"
+                );
+                assert!(
+                    from_server,
+                    "{address} is delivered by a step without server input: {report:?}"
+                );
             }
-            Outcome::Uncertain => assert!(
-                report.interrupted && report.final_reply.is_none(),
-                "{address} is uncertain but the transaction was not interrupted after the \
-                 final dot: {report:?}"
-            ),
+            Outcome::Uncertain => {
+                assert!(
+                    report.interrupted && report.final_reply.is_none(),
+                    "{address} is uncertain but the transaction was not interrupted after the \
+                     final dot: {report:?}"
+                );
+                assert!(
+                    transaction.content_sent,
+                    "{address} is uncertain but its transaction's content was never sent: \
+                     {report:?}"
+                );
+            }
             Outcome::Deferred | Outcome::Failed => {}
         }
         if let Some(reply) = &status.reply {
