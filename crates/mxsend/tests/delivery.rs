@@ -19,7 +19,7 @@ use mxsend::{
     MxResolver, MxSource, Nameserver, ResolverSettings, Route,
 };
 use mxsend_testkit::{Action, DnsServer, Point, Script, SessionRecord, SmtpServer, Zone};
-use tokio::net::TcpSocket;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 #[path = "../examples/tutorial.rs"]
 #[expect(
@@ -256,6 +256,194 @@ async fn refused_exchanger_falls_back_to_equal_preference() {
         }
         assert!(saw_a_first, "a was never tried first");
         assert!(!smtp.messages().is_empty());
+    })
+    .await;
+}
+
+/// Builds a zone where `mx.dual.test` is the one exchanger of `dual.test`,
+/// with the AAAA record ::1 and the A record 127.0.0.1.
+fn dual_stack_zone() -> Zone {
+    Zone::new()
+        .mx("dual.test", 10, "mx.dual.test")
+        .aaaa("mx.dual.test", Ipv6Addr::LOCALHOST)
+        .a("mx.dual.test", Ipv4Addr::LOCALHOST)
+}
+
+/// Reports that this machine has no usable ::1. With `CI=true` the test
+/// fails, because CI must run every test. Elsewhere it writes a notice past
+/// the harness's output capture, and the caller returns without checking.
+fn ipv6_loopback_missing(test: &str, error: &std::io::Error) {
+    let reason = format!("the IPv6 loopback address ::1 is not available: {error}");
+    if std::env::var("CI").is_ok_and(|value| value == "true") {
+        panic!("{test}: {reason} (CI=true, so a missing prerequisite is an error)");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "notice: {test} skipped: {reason} (with CI=true this fails)"
+    );
+}
+
+/// Binds a socket on ::1 and starts the SMTP server on 127.0.0.1 at the
+/// same port, so that both addresses of `mx.dual.test` use the delivery's
+/// one port. The socket does not listen yet, so a connection to ::1 is
+/// refused, and while it is bound no other program can listen on that port
+/// of ::1. Returns `None` when ::1 is not available on this machine.
+async fn smtp_beside_ipv6_socket(test: &str) -> Option<(SmtpServer, TcpSocket)> {
+    for _ in 0..5 {
+        let bound = TcpSocket::new_v6().and_then(|socket| {
+            socket.bind(SocketAddr::from((Ipv6Addr::LOCALHOST, 0)))?;
+            Ok(socket)
+        });
+        let socket = match bound {
+            Ok(socket) => socket,
+            Err(error) => {
+                ipv6_loopback_missing(test, &error);
+                return None;
+            }
+        };
+        let port = socket.local_addr().expect("local address on ::1").port();
+        let ipv4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        match SmtpServer::start_on(ipv4, Script::new()).await {
+            Ok(smtp) => return Some((smtp, socket)),
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(error) => panic!("test SMTP server on {ipv4}: {error}"),
+        }
+    }
+    panic!("5 ports free on ::1 were all taken on 127.0.0.1");
+}
+
+/// Fills the accept queue of `listener`, which never accepts, until a new
+/// connection to it stalls. The kernel then drops every further SYN, so a
+/// connect to the listener hangs until the client gives up. Returns the
+/// queued connections, which must stay open for the rest of the test.
+async fn stall_new_connections(listener: &TcpListener) -> Vec<TcpStream> {
+    const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+    let address = listener.local_addr().expect("listener address");
+    let mut queued = Vec::new();
+    // Linux queues one connection for a backlog of 0. The limit leaves room
+    // for systems that round the backlog up.
+    for _ in 0..64 {
+        match tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => queued.push(stream),
+            Ok(Err(error)) => panic!("connecting to {address} to fill its queue: {error}"),
+            Err(_) => return queued,
+        }
+    }
+    panic!("the accept queue of {address} still took connections after 64");
+}
+
+// C-MX-05 (RFC 5321 section 5.1): every address of an exchanger is tried in
+// order until one succeeds, and mxsend lists IPv6 addresses first (C-MX-11,
+// RFC 5321 section 5.2). A refused ::1 therefore moves on to 127.0.0.1 of
+// the same exchanger.
+#[tokio::test]
+async fn refused_ipv6_address_falls_back_to_ipv4() {
+    bounded(async {
+        let Some((smtp, _refusing)) =
+            smtp_beside_ipv6_socket("refused_ipv6_address_falls_back_to_ipv4").await
+        else {
+            return;
+        };
+        let port = smtp.addr().port();
+        let dns = DnsServer::start(dual_stack_zone()).await.unwrap();
+        let delivery = delivery(&dns, port);
+
+        let report = delivery
+            .deliver(&message(&["rcpt@dual.test"], BODY).await)
+            .await;
+
+        let ipv6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+        let ipv4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let recipient = &report.recipients[0];
+        assert_eq!(recipient.outcome, Outcome::Delivered, "{report:?}");
+        assert_eq!(recipient.host.as_deref(), Some("mx.dual.test"));
+        assert_eq!(recipient.server, Some(ipv4));
+
+        assert_eq!(report.attempts.len(), 2, "{:?}", report.attempts);
+        let refused = &report.attempts[0];
+        assert_eq!(refused.host, "mx.dual.test");
+        assert_eq!(refused.server, Some(ipv6));
+        assert!(
+            refused.result.contains("cannot connect"),
+            "{}",
+            refused.result
+        );
+        assert!(
+            refused.result.to_lowercase().contains("refused"),
+            "{}",
+            refused.result
+        );
+        let accepted = &report.attempts[1];
+        assert_eq!(accepted.host, "mx.dual.test");
+        assert_eq!(accepted.server, Some(ipv4));
+        assert!(accepted.result.starts_with("250 "), "{}", accepted.result);
+
+        assert_eq!(ended_sessions(&smtp, 1).await.len(), 1);
+        let stored = smtp.messages();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].rcpt_to, ["rcpt@dual.test"]);
+    })
+    .await;
+}
+
+// C-MX-05 (RFC 5321 section 5.1): an address where the TCP handshake never
+// completes costs the connect timeout, and then the next address of the
+// exchanger is tried. ::1 comes first (C-MX-11, RFC 5321 section 5.2) and
+// drops the SYN, so only the timeout ends that attempt.
+#[tokio::test]
+async fn silent_ipv6_address_times_out_to_ipv4() {
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+    bounded(async {
+        let Some((smtp, socket)) =
+            smtp_beside_ipv6_socket("silent_ipv6_address_times_out_to_ipv4").await
+        else {
+            return;
+        };
+        let port = smtp.addr().port();
+        let silent = socket.listen(0).expect("listen on ::1");
+        let _queued = stall_new_connections(&silent).await;
+        let dns = DnsServer::start(dual_stack_zone()).await.unwrap();
+        let delivery = Delivery::new(
+            resolver(&dns),
+            DeliveryConfig {
+                connection: ConnectionConfig {
+                    connect_timeout: CONNECT_TIMEOUT,
+                    ..connection_config()
+                },
+                port,
+                route: Route::Mx,
+            },
+        );
+        let message = message(&["rcpt@dual.test"], BODY).await;
+
+        let started = tokio::time::Instant::now();
+        let report = delivery.deliver(&message).await;
+        let elapsed = started.elapsed();
+
+        let ipv6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+        let ipv4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let recipient = &report.recipients[0];
+        assert_eq!(recipient.outcome, Outcome::Delivered, "{report:?}");
+        assert_eq!(recipient.server, Some(ipv4));
+
+        assert_eq!(report.attempts.len(), 2, "{:?}", report.attempts);
+        let silent_attempt = &report.attempts[0];
+        assert_eq!(silent_attempt.host, "mx.dual.test");
+        assert_eq!(silent_attempt.server, Some(ipv6));
+        assert!(
+            silent_attempt.result.contains("timed out after 1s"),
+            "{}",
+            silent_attempt.result
+        );
+        let accepted = &report.attempts[1];
+        assert_eq!(accepted.server, Some(ipv4));
+        assert!(accepted.result.starts_with("250 "), "{}", accepted.result);
+        assert!(
+            elapsed >= CONNECT_TIMEOUT,
+            "delivery took {elapsed:?}, less than the connect timeout, so ::1 did not stall"
+        );
+
+        assert_eq!(smtp.messages().len(), 1);
     })
     .await;
 }
