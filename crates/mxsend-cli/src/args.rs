@@ -1,6 +1,6 @@
 //! Command-line syntax.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -33,7 +33,8 @@ pub enum Command {
     ///
     /// Exit statuses and DNS faults:
     ///
-    /// - 69: a null MX (`MX 0 .`): the domain accepts no mail.
+    /// - 69: a null MX (`MX 0 .`): the domain accepts no mail. With
+    ///   --own-address, also when this host is the most preferred exchanger.
     ///
     /// - 68: the domain does not exist (NXDOMAIN), or none of its exchangers
     ///   has an address.
@@ -45,9 +46,17 @@ pub enum Command {
     ///
     /// A truncated UDP response is asked again over TCP. An exchanger that
     /// is an IP address instead of a name, or that has no address, is shown
-    /// as not usable and skipped. This command lists every exchanger. The
-    /// daemon, configured with this host's addresses (`identity.addresses`),
-    /// sends only to exchangers preferred to this host (RFC 5321 section 5.1).
+    /// as not usable and skipped.
+    ///
+    /// With --own-address IP (repeatable), an exchanger from MX records that
+    /// has one of those addresses is this host. That exchanger and every one
+    /// with the same or a higher preference value are marked as dropped,
+    /// because mail from this host must go only to exchangers preferred to
+    /// it (RFC 5321 section 5.1). `mxsend send --own-address` and the daemon
+    /// with `identity.addresses` drop the same exchangers. When none is
+    /// preferred to this host, mail would loop back to it, so the command
+    /// prints the list and exits with 69. Without --own-address, no
+    /// exchanger is marked as dropped.
     Mx(MxArgs),
     /// Run the whole path on loopback: a DNS zone whose example.net MX points
     /// at a built-in SMTP server on 127.0.0.1, the tutorial message sent the
@@ -222,6 +231,13 @@ pub struct SendArgs {
     /// Seconds allowed for each TCP connection to be made.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub connect_timeout: u64,
+    /// An IP address of this host. Repeat the option for several. An
+    /// exchanger with one of them is this host, so mail goes only to
+    /// exchangers with a lower preference value, and fails when there is
+    /// none (RFC 5321 section 5.1). Applies to MX records only: not to
+    /// --relay, address literals or a domain without MX records.
+    #[arg(long = "own-address", value_name = "IP", value_parser = parse_own_address)]
+    pub own_addresses: Vec<IpAddr>,
     /// Seconds allowed for every server reply, in place of the RFC 5321
     /// defaults (5 minutes for most commands, 10 after the final dot).
     #[arg(long, value_name = "SECONDS")]
@@ -321,6 +337,11 @@ pub struct MxArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// An IP address of this host. Repeat the option for several. Marks the
+    /// exchangers that delivery from this host would drop: this host and
+    /// every exchanger not preferred to it.
+    #[arg(long = "own-address", value_name = "IP", value_parser = parse_own_address)]
+    pub own_addresses: Vec<IpAddr>,
     #[command(flatten)]
     pub dns: DnsArgs,
 }
@@ -352,6 +373,13 @@ pub fn parse_dsn_return(text: &str) -> Result<mxsend::proto::DsnReturn, String> 
         "hdrs" | "headers" => Ok(mxsend::proto::DsnReturn::Headers),
         _ => Err(format!("invalid --ret {text:?}: expected full or hdrs")),
     }
+}
+
+/// Parses an `--own-address` value: one IPv4 or IPv6 address, with no port
+/// and no brackets. clap puts the value and the option before the message.
+pub fn parse_own_address(text: &str) -> Result<IpAddr, String> {
+    text.parse()
+        .map_err(|_| "expected an IP address such as 192.0.2.1 or 2001:db8::1".to_owned())
 }
 
 /// Parses `IP` or `IP:PORT`, with IPv6 in brackets when a port is given.
@@ -415,6 +443,19 @@ mod tests {
         assert!(parse_relay("mx.test:port").is_err());
         assert!(parse_relay("127.0.0.1:0").is_err());
         assert!(parse_relay("").is_err());
+    }
+
+    #[test]
+    fn own_address_forms() {
+        assert_eq!(
+            parse_own_address("192.0.2.1").unwrap(),
+            IpAddr::from([192, 0, 2, 1])
+        );
+        assert!(parse_own_address("2001:db8::1").unwrap().is_ipv6());
+        let error = parse_own_address("notanip").unwrap_err();
+        assert!(error.contains("expected an IP address"), "{error}");
+        assert!(parse_own_address("[2001:db8::1]").is_err());
+        assert!(parse_own_address("192.0.2.1:25").is_err());
     }
 
     #[test]

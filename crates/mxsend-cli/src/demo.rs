@@ -54,6 +54,7 @@ pub async fn run(args: &DemoArgs) -> Result<u8, Failure> {
         port: smtp.addr().port(),
         helo: Some("example.com".to_owned()),
         connect_timeout: 10,
+        own_addresses: Vec::new(),
         reply_timeout: Some(30),
         no_pipelining: false,
         no_chunking: false,

@@ -1,10 +1,12 @@
 //! `mxsend mx`: show the exchangers of a domain in the order they would
-//! be tried.
+//! be tried, and with `--own-address`, which ones delivery from this host
+//! drops.
 
 use std::io::Write;
+use std::net::IpAddr;
 
 use mxsend::proto::Address;
-use mxsend::{MxError, MxPlan, MxSource};
+use mxsend::{MxError, MxHost, MxPlan, MxSource};
 
 use crate::args::MxArgs;
 use crate::exit;
@@ -16,8 +18,9 @@ use crate::send;
 /// # Errors
 ///
 /// A [`Failure`] with 64 for an invalid domain, 68 for a domain that does
-/// not exist or whose exchangers have no address, 69 for a null MX, and 75
-/// for a DNS failure that may pass.
+/// not exist or whose exchangers have no address, 69 for a null MX or for
+/// mail that would loop back to this host, and 75 for a DNS failure that
+/// may pass. The plan is printed before a loop is reported.
 pub async fn run(args: &MxArgs) -> Result<u8, Failure> {
     let domain = domain_of(&args.domain)?;
     let resolver = send::resolver(&args.dns)?;
@@ -33,8 +36,17 @@ pub async fn run(args: &MxArgs) -> Result<u8, Failure> {
             return Err(failure);
         }
     };
+    let own = OwnHost::find(&plan, &args.own_addresses);
+    let loop_error = own.loop_error(&plan);
     if args.json {
-        let text = serde_json::to_string_pretty(&plan).map_err(|error| {
+        // Without --own-address the document is the plan alone, so scripts
+        // that do not pass the option see no new fields.
+        let encoded = if args.own_addresses.is_empty() {
+            serde_json::to_string_pretty(&plan)
+        } else {
+            serde_json::to_string_pretty(&CheckedPlan::new(&plan, &own, loop_error.as_deref()))
+        };
+        let text = encoded.map_err(|error| {
             Failure::new(
                 exit::SOFTWARE,
                 format!("cannot encode the result as JSON: {error}"),
@@ -42,9 +54,116 @@ pub async fn run(args: &MxArgs) -> Result<u8, Failure> {
         })?;
         println!("{text}");
     } else {
-        print_plan(&plan);
+        print_plan(&plan, &own);
     }
-    Ok(exit::OK)
+    match loop_error {
+        Some(message) => Err(Failure::new(exit::UNAVAILABLE, message)),
+        None => Ok(exit::OK),
+    }
+}
+
+/// This host's place among the exchangers of a plan, from `--own-address`.
+///
+/// It uses the rule of `Delivery::with_own_addresses`,
+/// [`MxPlan::own_exchanger`] (RFC 5321 section 5.1), so that this command
+/// drops the exchangers that `mxsend send` drops.
+struct OwnHost<'a> {
+    addresses: &'a [IpAddr],
+    /// The preference and name of the exchanger that is this host.
+    exchanger: Option<(u16, &'a str)>,
+}
+
+impl<'a> OwnHost<'a> {
+    fn find(plan: &'a MxPlan, addresses: &'a [IpAddr]) -> OwnHost<'a> {
+        OwnHost {
+            addresses,
+            exchanger: plan.own_exchanger(addresses),
+        }
+    }
+
+    fn is_own_address(&self, ip: &IpAddr) -> bool {
+        self.addresses.contains(ip)
+    }
+
+    fn has_own_address(&self, host: &MxHost) -> bool {
+        host.addresses.iter().any(|ip| self.is_own_address(ip))
+    }
+
+    /// Returns whether delivery from this host skips `host`.
+    fn drops(&self, host: &MxHost) -> bool {
+        self.exchanger
+            .is_some_and(|(preference, _)| host.preference >= preference)
+    }
+
+    /// Returns whether this host is the most preferred exchanger, so that
+    /// no exchanger is left to send to.
+    fn loops_back(&self, plan: &MxPlan) -> bool {
+        self.exchanger.is_some() && plan.hosts.iter().all(|host| self.drops(host))
+    }
+
+    /// Returns the error message for a plan where mail loops back.
+    fn loop_error(&self, plan: &MxPlan) -> Option<String> {
+        let (preference, name) = self.exchanger?;
+        if !self.loops_back(plan) {
+            return None;
+        }
+        Some(format!(
+            "mail for {} loops back to this host: it is the exchanger {name} (preference \
+             {preference}), and no exchanger is preferred to it; check the --own-address \
+             values and the domain's MX records",
+            plan.domain
+        ))
+    }
+}
+
+/// The JSON document of `mxsend mx --own-address`: the plan with the marks
+/// of each host and what they mean for delivery.
+#[derive(serde::Serialize)]
+struct CheckedPlan<'a> {
+    domain: &'a str,
+    source: MxSource,
+    hosts: Vec<CheckedHost<'a>>,
+    own_addresses: &'a [IpAddr],
+    /// The preference value of this host. Every exchanger with this value
+    /// or a higher one is dropped. `None` when no exchanger from MX records
+    /// is this host.
+    dropped_from_preference: Option<u16>,
+    loops_back: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+/// One exchanger in a [`CheckedPlan`].
+#[derive(serde::Serialize)]
+struct CheckedHost<'a> {
+    #[serde(flatten)]
+    host: &'a MxHost,
+    /// Whether the host has one of the `--own-address` values.
+    this_host: bool,
+    /// Whether delivery from this host skips it.
+    dropped: bool,
+}
+
+impl<'a> CheckedPlan<'a> {
+    fn new(plan: &'a MxPlan, own: &OwnHost<'a>, error: Option<&'a str>) -> CheckedPlan<'a> {
+        CheckedPlan {
+            domain: &plan.domain,
+            source: plan.source,
+            hosts: plan
+                .hosts
+                .iter()
+                .map(|host| CheckedHost {
+                    host,
+                    this_host: own.has_own_address(host),
+                    dropped: own.drops(host),
+                })
+                .collect(),
+            own_addresses: own.addresses,
+            dropped_from_preference: own.exchanger.map(|(preference, _)| preference),
+            loops_back: error.is_some(),
+            error,
+        }
+    }
 }
 
 /// Extracts the domain from `text`, which is a domain or an address.
@@ -77,7 +196,7 @@ fn mx_failure(error: MxError, nameserver: Option<std::net::SocketAddr>) -> Failu
     Failure::new(status, format!("{error}{hint}"))
 }
 
-fn print_plan(plan: &MxPlan) {
+fn print_plan(plan: &MxPlan, own: &OwnHost<'_>) {
     let mut stdout = std::io::stdout().lock();
     let source = match plan.source {
         MxSource::Mx => "MX records",
@@ -89,18 +208,54 @@ fn print_plan(plan: &MxPlan) {
     };
     let _ = writeln!(stdout, "{}: {source}", plan.domain);
     for (position, host) in plan.hosts.iter().enumerate() {
+        let dropped = match (own.drops(host), own.has_own_address(host)) {
+            (false, _) => "",
+            (true, true) => ": dropped, this host",
+            (true, false) => ": dropped, not preferred to this host",
+        };
         let _ = writeln!(
             stdout,
-            "{:>2}. {} (preference {})",
+            "{:>2}. {} (preference {}){dropped}",
             position + 1,
             host.name,
             host.preference
         );
         for address in &host.addresses {
-            let _ = writeln!(stdout, "      {address}");
+            if own.is_own_address(address) {
+                let _ = writeln!(stdout, "      {address} (this host)");
+            } else {
+                let _ = writeln!(stdout, "      {address}");
+            }
         }
         if let Some(error) = &host.error {
             let _ = writeln!(stdout, "      not usable: {error}");
         }
+    }
+    if !own.addresses.is_empty() {
+        let _ = writeln!(stdout, "{}", own_host_summary(plan, own));
+    }
+}
+
+/// Describes in one line what `--own-address` changes for delivery. For a
+/// loop, the command's error message on standard error gives the details.
+fn own_host_summary(plan: &MxPlan, own: &OwnHost<'_>) -> String {
+    if let Some((preference, name)) = own.exchanger {
+        if own.loops_back(plan) {
+            return format!(
+                "this host is {name} (preference {preference}) and no exchanger is preferred to it"
+            );
+        }
+        return format!(
+            "this host is {name} (preference {preference}), so delivery uses only the exchangers \
+             preferred to it"
+        );
+    }
+    match plan.hosts.iter().find(|host| own.has_own_address(host)) {
+        Some(host) => format!(
+            "this host is {}, but only exchangers from MX records are dropped, so delivery would \
+             still connect to it",
+            host.name
+        ),
+        None => "no exchanger is this host, so delivery drops none".to_owned(),
     }
 }

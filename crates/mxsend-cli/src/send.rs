@@ -55,7 +55,7 @@ pub async fn send_content(content: Vec<u8>, args: &SendArgs) -> Result<DeliveryR
     .with_dsn(dsn_request(args));
     let resolver = resolver(&args.dns)?;
 
-    let delivery = Delivery::new(resolver, config);
+    let delivery = Delivery::new(resolver, config).with_own_addresses(args.own_addresses.clone());
     let report = delivery.deliver(&message).await;
 
     if args.verbose {

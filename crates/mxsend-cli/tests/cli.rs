@@ -416,3 +416,327 @@ async fn usage_error_exits_64() {
     assert_eq!(status(&output), 0);
     assert!(text(&output.stdout).contains("send"));
 }
+
+/// The address that the `--own-address` tests declare as this host's.
+/// Nothing listens on it.
+const OWN_ADDRESS: &str = "127.0.0.2";
+
+/// Starts a DNS zone where `own.test` has three exchangers:
+/// `primary.own.test` (preference 10) and `backup.own.test` (30) on
+/// 127.0.0.1, where the SMTP server listens, and `self.own.test` (20) on
+/// [`OWN_ADDRESS`]. `plain.test` has only an A record.
+async fn start_own_host_dns() -> DnsServer {
+    let zone = Zone::new()
+        .mx("own.test", 10, "primary.own.test")
+        .mx("own.test", 20, "self.own.test")
+        .mx("own.test", 30, "backup.own.test")
+        .a("primary.own.test", Ipv4Addr::LOCALHOST)
+        .a("self.own.test", Ipv4Addr::new(127, 0, 0, 2))
+        .a("backup.own.test", Ipv4Addr::LOCALHOST)
+        .a("plain.test", Ipv4Addr::LOCALHOST);
+    DnsServer::start(zone).await.expect("start DNS server")
+}
+
+fn attempted_hosts(report: &serde_json::Value) -> Vec<String> {
+    report["attempts"]
+        .as_array()
+        .expect("attempts in the JSON report")
+        .iter()
+        .map(|attempt| attempt["host"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// When this host is the only exchanger, sending would loop the message
+/// back here, so it fails for good (RFC 5321 section 5.1) with 69
+/// (EX_UNAVAILABLE), although a server listens on the exchanger's address.
+#[tokio::test]
+async fn send_own_address_only_exchanger_fails() {
+    let dns = start_dns().await;
+    let smtp = SmtpServer::start(Script::new()).await.unwrap();
+
+    let output = send(
+        &["--own-address", "127.0.0.1", "--to", "bob@example.net"],
+        &dns,
+        &smtp,
+        MESSAGE.as_bytes(),
+    )
+    .await;
+
+    let stdout = text(&output.stdout);
+    assert_eq!(
+        status(&output),
+        69,
+        "stdout: {stdout}\nstderr: {}",
+        text(&output.stderr)
+    );
+    assert!(
+        stdout.contains("bob@example.net: failed"),
+        "the recipient fails: {stdout}"
+    );
+    assert!(
+        stdout.contains("mail for example.net loops back to this host"),
+        "the reason names the loop: {stdout}"
+    );
+    assert!(
+        stdout.contains("mx.example.net (preference 10)"),
+        "the reason names the exchanger: {stdout}"
+    );
+    assert!(smtp.sessions().is_empty(), "no exchanger may be contacted");
+}
+
+/// An exchanger preferred to this host gets the message, and only that one
+/// is tried.
+#[tokio::test]
+async fn send_own_address_delivers_to_preferred() {
+    let dns = start_own_host_dns().await;
+    let smtp = SmtpServer::start(Script::new()).await.unwrap();
+
+    let output = send(
+        &[
+            "--json",
+            "--own-address",
+            OWN_ADDRESS,
+            "--to",
+            "bob@own.test",
+        ],
+        &dns,
+        &smtp,
+        MESSAGE.as_bytes(),
+    )
+    .await;
+
+    assert_eq!(status(&output), 0, "stderr: {}", text(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    let recipient = &report["recipients"][0];
+    assert_eq!(recipient["outcome"], "delivered");
+    assert_eq!(recipient["host"], "primary.own.test");
+    assert_eq!(attempted_hosts(&report), ["primary.own.test"]);
+    assert_eq!(smtp.messages().len(), 1);
+    assert_eq!(smtp.messages()[0].rcpt_to, ["bob@own.test"]);
+}
+
+/// When the exchanger preferred to this host defers, the message waits
+/// (75) instead of going to this host or to a less preferred backup. The
+/// same run without `--own-address` reaches the backup, which shows that
+/// the option is what keeps it away.
+#[tokio::test]
+async fn send_own_address_skips_less_preferred() {
+    let dns = start_own_host_dns().await;
+    let busy_primary =
+        || Script::new().on(Point::Connect.session(1), Action::reply("421 4.3.2 busy"));
+    let smtp = SmtpServer::start(busy_primary()).await.unwrap();
+
+    let output = send(
+        &[
+            "--json",
+            "--own-address",
+            OWN_ADDRESS,
+            "--to",
+            "bob@own.test",
+        ],
+        &dns,
+        &smtp,
+        MESSAGE.as_bytes(),
+    )
+    .await;
+
+    assert_eq!(status(&output), 75, "stderr: {}", text(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    assert_eq!(report["recipients"][0]["outcome"], "deferred");
+    assert_eq!(attempted_hosts(&report), ["primary.own.test"]);
+    assert_eq!(smtp.sessions().len(), 1, "only the primary is contacted");
+    assert!(smtp.messages().is_empty());
+
+    let control = SmtpServer::start(busy_primary()).await.unwrap();
+    let output = send(
+        &["--json", "--to", "bob@own.test"],
+        &dns,
+        &control,
+        MESSAGE.as_bytes(),
+    )
+    .await;
+
+    assert_eq!(status(&output), 0, "stderr: {}", text(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    assert_eq!(report["recipients"][0]["host"], "backup.own.test");
+    assert_eq!(
+        attempted_hosts(&report),
+        ["primary.own.test", "self.own.test", "backup.own.test"]
+    );
+    assert_eq!(control.messages().len(), 1);
+}
+
+/// `mx --own-address` marks this host and every exchanger not preferred to
+/// it as dropped, in text and JSON, and exits with 69 when nothing is left.
+/// Without the option, the output is the plain list.
+#[tokio::test]
+async fn mx_own_address_marks_dropped() {
+    let dns = start_own_host_dns().await;
+    let nameserver = dns.addr().to_string();
+    let mx = |extra: &[&str]| {
+        let mut args = vec!["mx", "--nameserver", nameserver.as_str()];
+        args.extend_from_slice(extra);
+        args.iter().map(|arg| (*arg).to_owned()).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        mxsend(&args, b"").await
+    };
+
+    let output = run(mx(&["own.test"])).await;
+    assert_eq!(status(&output), 0, "{}", text(&output.stderr));
+    let expected = [
+        "own.test: MX records",
+        " 1. primary.own.test (preference 10)",
+        "      127.0.0.1",
+        " 2. self.own.test (preference 20)",
+        "      127.0.0.2",
+        " 3. backup.own.test (preference 30)",
+        "      127.0.0.1",
+    ];
+    assert_eq!(text(&output.stdout).lines().collect::<Vec<_>>(), expected);
+
+    let output = run(mx(&[
+        "--own-address",
+        "2001:db8::1",
+        "--own-address",
+        OWN_ADDRESS,
+        "own.test",
+    ]))
+    .await;
+    assert_eq!(status(&output), 0, "{}", text(&output.stderr));
+    let expected = [
+        "own.test: MX records",
+        " 1. primary.own.test (preference 10)",
+        "      127.0.0.1",
+        " 2. self.own.test (preference 20): dropped, this host",
+        "      127.0.0.2 (this host)",
+        " 3. backup.own.test (preference 30): dropped, not preferred to this host",
+        "      127.0.0.1",
+        "this host is self.own.test (preference 20), so delivery uses only the exchangers \
+         preferred to it",
+    ];
+    assert_eq!(text(&output.stdout).lines().collect::<Vec<_>>(), expected);
+
+    let output = run(mx(&["--json", "--own-address", OWN_ADDRESS, "own.test"])).await;
+    assert_eq!(status(&output), 0, "{}", text(&output.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON plan");
+    let hosts = plan["hosts"].as_array().expect("hosts");
+    let names: Vec<&str> = hosts.iter().filter_map(|h| h["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        ["primary.own.test", "self.own.test", "backup.own.test"]
+    );
+    let this_host: Vec<bool> = hosts
+        .iter()
+        .filter_map(|h| h["this_host"].as_bool())
+        .collect();
+    assert_eq!(this_host, [false, true, false]);
+    let dropped: Vec<bool> = hosts
+        .iter()
+        .filter_map(|h| h["dropped"].as_bool())
+        .collect();
+    assert_eq!(dropped, [false, true, true]);
+    assert_eq!(plan["own_addresses"], serde_json::json!([OWN_ADDRESS]));
+    assert_eq!(plan["dropped_from_preference"], 20);
+    assert_eq!(plan["loops_back"], false);
+    assert!(plan.get("error").is_none(), "{plan}");
+
+    let output = run(mx(&["--json", "own.test"])).await;
+    let plan: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON plan");
+    assert!(
+        plan.get("own_addresses").is_none(),
+        "without the option the JSON is the plain plan: {plan}"
+    );
+    assert!(
+        plan["hosts"][0].get("dropped").is_none(),
+        "without the option hosts have no marks: {plan}"
+    );
+
+    // 127.0.0.1 is the primary's address, so this host is the most
+    // preferred exchanger.
+    let output = run(mx(&["--own-address", "127.0.0.1", "own.test"])).await;
+    let stdout = text(&output.stdout);
+    let stderr = text(&output.stderr);
+    assert_eq!(status(&output), 69, "{stderr}");
+    assert!(
+        stdout.contains("1. primary.own.test (preference 10): dropped, this host"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("3. backup.own.test (preference 30): dropped, this host"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("mail for own.test loops back to this host"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+
+    let output = run(mx(&["--json", "--own-address", "127.0.0.1", "own.test"])).await;
+    assert_eq!(status(&output), 69);
+    let plan: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON plan");
+    assert_eq!(plan["loops_back"], true);
+    assert_eq!(plan["dropped_from_preference"], 10);
+    let error = plan["error"].as_str().expect("error in the JSON plan");
+    assert!(error.contains("loops back to this host"), "{error}");
+
+    // Delivery drops exchangers from MX records only, so an implicit MX on
+    // this host's address stays.
+    let output = run(mx(&["--own-address", "127.0.0.1", "plain.test"])).await;
+    let stdout = text(&output.stdout);
+    assert_eq!(status(&output), 0, "{}", text(&output.stderr));
+    assert!(stdout.contains("127.0.0.1 (this host)"), "{stdout}");
+    assert!(!stdout.contains("): dropped"), "{stdout}");
+    assert!(
+        stdout.contains("only exchangers from MX records are dropped"),
+        "{stdout}"
+    );
+}
+
+/// A value of `--own-address` that is no IP address is a usage error (64)
+/// that names the value, before any DNS query or connection.
+#[tokio::test]
+async fn own_address_invalid_is_usage_error() {
+    let dns = start_dns().await;
+    let smtp = SmtpServer::start(Script::new()).await.unwrap();
+    let nameserver = dns.addr().to_string();
+
+    let outputs = [
+        send(
+            &["--own-address", "notanip", "--to", "bob@example.net"],
+            &dns,
+            &smtp,
+            MESSAGE.as_bytes(),
+        )
+        .await,
+        mxsend(
+            &[
+                "mx",
+                "--nameserver",
+                &nameserver,
+                "--own-address",
+                "notanip",
+                "example.net",
+            ],
+            b"",
+        )
+        .await,
+    ];
+
+    for output in outputs {
+        let stderr = text(&output.stderr);
+        assert_eq!(status(&output), 64, "{stderr}");
+        assert!(stderr.contains("'notanip'"), "names the value: {stderr}");
+        assert!(
+            stderr.contains("--own-address"),
+            "names the option: {stderr}"
+        );
+        assert!(
+            stderr.contains("expected an IP address"),
+            "says what is expected: {stderr}"
+        );
+    }
+    assert_eq!(dns.query_count(), 0, "no DNS query for bad input");
+    assert!(smtp.sessions().is_empty(), "no connection for bad input");
+}

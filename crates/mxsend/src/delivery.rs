@@ -25,7 +25,7 @@ use tracing::{Instrument, debug, debug_span};
 
 use crate::connection::{Connection, ConnectionConfig, ConnectionError};
 use crate::message::Message;
-use crate::resolver::{MxError, MxHost, MxPlan, MxResolver, MxSource};
+use crate::resolver::{MxError, MxHost, MxPlan, MxResolver};
 use crate::tls::TlsPolicy;
 
 /// The default SMTP port for MX delivery.
@@ -416,20 +416,10 @@ impl Delivery {
     /// Removes this host and every less preferred exchanger from an MX
     /// plan, or returns why nothing is left.
     fn without_own_exchangers(&self, mut plan: MxPlan) -> Result<MxPlan, String> {
-        if self.own_addresses.is_empty() || plan.source != MxSource::Mx {
-            return Ok(plan);
-        }
-        let own = plan
-            .hosts
-            .iter()
-            .filter(|host| {
-                host.addresses
-                    .iter()
-                    .any(|ip| self.own_addresses.contains(ip))
-            })
-            .map(|host| (host.preference, host.name.clone()))
-            .min();
-        let Some((preference, name)) = own else {
+        let Some((preference, name)) = plan
+            .own_exchanger(&self.own_addresses)
+            .map(|(preference, name)| (preference, name.to_owned()))
+        else {
             return Ok(plan);
         };
         plan.hosts.retain(|host| host.preference < preference);

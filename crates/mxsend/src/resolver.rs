@@ -117,6 +117,23 @@ impl MxPlan {
             .iter()
             .flat_map(|host| host.addresses.iter().map(move |ip| (host, *ip)))
     }
+
+    /// The exchanger that is this host, given this host's addresses: the
+    /// most preferred one from MX records with one of them, as its
+    /// preference and name. Delivery from this host drops it and every
+    /// exchanger whose preference value is not lower (C-MX-06, RFC 5321
+    /// section 5.1). `None` for an implicit MX or an address literal, which
+    /// are never dropped.
+    pub fn own_exchanger(&self, own_addresses: &[IpAddr]) -> Option<(u16, &str)> {
+        if own_addresses.is_empty() || self.source != MxSource::Mx {
+            return None;
+        }
+        self.hosts
+            .iter()
+            .filter(|host| host.addresses.iter().any(|ip| own_addresses.contains(ip)))
+            .map(|host| (host.preference, host.name.as_str()))
+            .min()
+    }
 }
 
 /// Why the exchangers of a domain could not be found.
