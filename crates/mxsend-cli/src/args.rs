@@ -249,6 +249,13 @@ pub struct SendArgs {
     /// (BDAT).
     #[arg(long)]
     pub no_chunking: bool,
+    /// The message is binary MIME (RFC 3030): send it octet for octet with
+    /// BODY=BINARYMIME in BDAT chunks, leaving line breaks, NUL octets and
+    /// long lines as they are. Its header section must use CRLF line
+    /// breaks. A server without BINARYMIME and CHUNKING does not get the
+    /// message: its recipients fail with 5.6.3.
+    #[arg(long, conflicts_with = "no_chunking")]
+    pub binarymime: bool,
     /// Delivery status notifications to ask for: never, or a comma-separated
     /// list of success, failure and delay (RFC 3461). Sent only to servers
     /// that offer DSN, together with ORCPT.

@@ -58,6 +58,7 @@ pub async fn run(args: &DemoArgs) -> Result<u8, Failure> {
         reply_timeout: Some(30),
         no_pipelining: false,
         no_chunking: false,
+        binarymime: false,
         notify: None,
         ret: None,
         envid: None,

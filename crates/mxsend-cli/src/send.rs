@@ -44,15 +44,21 @@ pub async fn send_content(content: Vec<u8>, args: &SendArgs) -> Result<DeliveryR
     let input = input::prepare(content, &envelope)?;
     let mut config = delivery_config(args)?;
     apply_security(&mut config.connection, &args.security, args.reply_timeout).await?;
-    let message = Message::from_bytes(
-        input.sender,
-        input.recipients,
-        input.content,
-        config.connection.data_policy,
-    )
-    .await
-    .map_err(message_failure)?
-    .with_dsn(dsn_request(args));
+    let message = if args.binarymime {
+        check_binary_header(&input.content)?;
+        Message::from_binary_bytes(input.sender, input.recipients, input.content).await
+    } else {
+        Message::from_bytes(
+            input.sender,
+            input.recipients,
+            input.content,
+            config.connection.data_policy,
+        )
+        .await
+    };
+    let message = message
+        .map_err(message_failure)?
+        .with_dsn(dsn_request(args));
     let resolver = resolver(&args.dns)?;
 
     let delivery = Delivery::new(resolver, config).with_own_addresses(args.own_addresses.clone());
@@ -262,6 +268,44 @@ fn default_helo_name() -> Option<String> {
     SessionConfig::new(name).ok().map(|_| name.to_owned())
 }
 
+/// Checks that the header section of a `--binarymime` message ends every
+/// line with CRLF. Nothing is converted in binary MIME, and a header line
+/// ended by a bare CR or LF would reach the server as it is.
+fn check_binary_header(content: &[u8]) -> Result<(), Failure> {
+    let mut line = 1;
+    let mut previous = None;
+    let mut after_line_break = false;
+    for (index, &octet) in content.iter().enumerate() {
+        let bare = match octet {
+            b'\n' => previous != Some(b'\r'),
+            b'\r' => content.get(index + 1) != Some(&b'\n'),
+            _ => false,
+        };
+        if bare {
+            return Err(Failure::new(
+                exit::DATA_ERROR,
+                format!(
+                    "with --binarymime the message goes as it is, and line {line} of its \
+                     header section ends without CRLF; convert the header section to CRLF \
+                     line breaks"
+                ),
+            ));
+        }
+        if octet == b'\n' {
+            if after_line_break {
+                // The empty line: the body follows, and may be anything.
+                return Ok(());
+            }
+            line += 1;
+            after_line_break = true;
+        } else if octet != b'\r' {
+            after_line_break = false;
+        }
+        previous = Some(octet);
+    }
+    Ok(())
+}
+
 fn message_failure(error: MessageError) -> Failure {
     match error {
         MessageError::NoRecipients => Failure::new(
@@ -273,7 +317,8 @@ fn message_failure(error: MessageError) -> Failure {
             format!(
                 "message cannot be sent as it is: line {line} is longer than {limit} octets, \
                  the maximum of SMTP (RFC 5321 section 4.5.3.1.6); encode the message with \
-                 shorter lines, for example as quoted-printable"
+                 shorter lines, for example as quoted-printable, or send binary MIME with \
+                 --binarymime"
             ),
         ),
         MessageError::Data(error) => Failure::new(

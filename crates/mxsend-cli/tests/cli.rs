@@ -740,3 +740,92 @@ async fn own_address_invalid_is_usage_error() {
     assert_eq!(dns.query_count(), 0, "no DNS query for bad input");
     assert!(smtp.sessions().is_empty(), "no connection for bad input");
 }
+
+/// A binary MIME message: CRLF header section, then a body with a NUL, bare
+/// CR and LF, a line that would end DATA and a line of 1,500 octets.
+fn binary_message() -> Vec<u8> {
+    let mut message = b"From: alice@example.com\r\nTo: bob@example.net\r\n\
+MIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\n\
+Content-Transfer-Encoding: binary\r\n\r\n"
+        .to_vec();
+    message.extend_from_slice(b"\0\x01\xff\nbare lf\rbare cr\r\n.\r\n");
+    message.extend(std::iter::repeat_n(b'z', 1500));
+    message
+}
+
+/// C-EXT-02, RFC 3030 section 3: `--binarymime` sends the message octet
+/// for octet with BODY=BINARYMIME in BDAT; the same message without the
+/// option is refused for its long line, and a server without BINARYMIME
+/// gets nothing.
+#[tokio::test]
+async fn send_binarymime_sends_octet_for_octet() {
+    let dns = start_dns().await;
+    let message = binary_message();
+    let binary = Script::new().extensions(&["PIPELINING", "8BITMIME", "CHUNKING", "BINARYMIME"]);
+    let smtp = SmtpServer::start(binary).await.unwrap();
+    let output = send(
+        &["--binarymime", "--to", "bob@example.net"],
+        &dns,
+        &smtp,
+        &message,
+    )
+    .await;
+    assert_eq!(status(&output), 0, "{}", text(&output.stderr));
+    let stored = smtp.messages();
+    assert!(stored[0].data == message, "the stored message differs");
+    assert!(stored[0].mail_params.contains("BODY=BINARYMIME"));
+
+    let output = send(&["--to", "bob@example.net"], &dns, &smtp, &message).await;
+    assert_eq!(status(&output), 65);
+    assert!(
+        text(&output.stderr).contains("--binarymime"),
+        "the error points at the option: {}",
+        text(&output.stderr)
+    );
+
+    let plain = SmtpServer::start(Script::new().extensions(&["8BITMIME", "CHUNKING"]))
+        .await
+        .unwrap();
+    let output = send(
+        &["--binarymime", "--to", "bob@example.net"],
+        &dns,
+        &plain,
+        &message,
+    )
+    .await;
+    let stdout = text(&output.stdout);
+    assert_eq!(status(&output), 69, "{stdout}");
+    assert!(stdout.contains("5.6.3"), "{stdout}");
+    assert!(plain.messages().is_empty());
+}
+
+/// Nothing is converted under `--binarymime`, so a header section with bare
+/// LF line breaks is refused before any connection.
+#[tokio::test]
+async fn send_binarymime_needs_crlf_header() {
+    let dns = start_dns().await;
+    let smtp = SmtpServer::start(Script::new()).await.unwrap();
+    let output = send(
+        &["--binarymime", "--to", "bob@example.net"],
+        &dns,
+        &smtp,
+        MESSAGE.as_bytes(),
+    )
+    .await;
+    assert_eq!(status(&output), 65);
+    assert!(
+        text(&output.stderr).contains("line 1 of its header section ends without CRLF"),
+        "{}",
+        text(&output.stderr)
+    );
+    assert!(smtp.sessions().is_empty());
+
+    let output = send(
+        &["--binarymime", "--no-chunking", "--to", "bob@example.net"],
+        &dns,
+        &smtp,
+        MESSAGE.as_bytes(),
+    )
+    .await;
+    assert_eq!(status(&output), 64, "{}", text(&output.stderr));
+}

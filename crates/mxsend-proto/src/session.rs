@@ -429,7 +429,7 @@ pub struct Envelope {
     /// Whether the content is binary MIME, to be sent octet for octet with
     /// `BODY=BINARYMIME` in BDAT chunks (RFC 3030 section 3). A server
     /// without BINARYMIME and CHUNKING, or a session with chunking off,
-    /// gets no transaction: every recipient is refused with 5.6.3.
+    /// gets no transaction: every recipient is rejected locally with 5.6.3.
     pub binary: bool,
     /// Whether the header section has octets of 0x80 or above, which
     /// RFC 6532 allows only with SMTPUTF8.
@@ -792,7 +792,7 @@ fn plan_recipients(
 }
 
 /// Makes up the reply for a message that cannot go to this server at all,
-/// or returns `None` when it can. `chunked` tells whether the transaction
+/// or returns `None` when it can. `chunked` is true when the transaction
 /// would use BDAT.
 fn message_refusal(envelope: &Envelope, extensions: &Extensions, chunked: bool) -> Option<Reply> {
     // A SIZE of 0 declares no fixed limit (RFC 1870 section 4).

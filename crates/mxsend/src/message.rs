@@ -73,7 +73,7 @@ pub struct Message {
     dsn: DsnRequest,
 }
 
-/// How the content is checked and sent.
+/// Form of the content, which decides how it is checked and sent.
 #[derive(Debug, Clone, Copy)]
 enum Form {
     /// Text whose lines follow `DataPolicy`, sent with line breaks made CRLF.
@@ -249,7 +249,7 @@ impl Message {
         self.eight_bit
     }
 
-    /// Whether the content is binary MIME, sent octet for octet (see
+    /// Returns whether the content is binary MIME, sent octet for octet (see
     /// [`Message::from_binary_bytes`]).
     pub fn is_binary(&self) -> bool {
         self.binary

@@ -118,12 +118,12 @@ impl MxPlan {
             .flat_map(|host| host.addresses.iter().map(move |ip| (host, *ip)))
     }
 
-    /// The exchanger that is this host, given this host's addresses: the
-    /// most preferred one from MX records with one of them, as its
-    /// preference and name. Delivery from this host drops it and every
+    /// Returns the exchanger that is this host, as its preference and name:
+    /// the most preferred exchanger from MX records that has one of this
+    /// host's addresses. Delivery from this host drops it and every
     /// exchanger whose preference value is not lower (C-MX-06, RFC 5321
-    /// section 5.1). `None` for an implicit MX or an address literal, which
-    /// are never dropped.
+    /// section 5.1). Returns `None` for an implicit MX or an address
+    /// literal, which are never dropped.
     pub fn own_exchanger(&self, own_addresses: &[IpAddr]) -> Option<(u16, &str)> {
         if own_addresses.is_empty() || self.source != MxSource::Mx {
             return None;
