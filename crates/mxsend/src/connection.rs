@@ -1016,8 +1016,10 @@ impl Connection {
             if wire.len() < BDAT_CHUNK_SIZE {
                 continue;
             }
-            self.write_chunk(&wire, false).await?;
-            wire.clear();
+            // The encoder may overshoot the chunk size by most of a read,
+            // which waits for the next chunk.
+            self.write_chunk(&wire[..BDAT_CHUNK_SIZE], false).await?;
+            wire.drain(..BDAT_CHUNK_SIZE);
             if pipelining {
                 self.read_available_replies()?;
             } else {

@@ -483,3 +483,37 @@ async fn binary_content_refused_without_binarymime() {
         assert!(peers.smtp.messages().is_empty());
     }
 }
+
+/// C-EXT-02: text content grows when LF becomes CRLF, and BDAT chunks
+/// still hold exactly 1 MiB each, with the rest in the last one.
+#[tokio::test]
+async fn bdat_chunks_of_text_are_one_mib() {
+    let mut body = b"Subject: chunks\n\n".to_vec();
+    while body.len() < 2_500_000 {
+        body.extend_from_slice(
+            b"eighty octets of text in every line of this message, ended by a bare LF....\n",
+        );
+    }
+    let peers = peers(Script::new().extensions(&["PIPELINING", "8BITMIME", "CHUNKING"])).await;
+    let message = message(&["one@example.net"], &body).await.unwrap();
+    let (report, session) = deliver(&peers, &message).await;
+    assert_eq!(outcomes(&report), [Outcome::Delivered], "{report:?}");
+
+    let sizes: Vec<usize> = session
+        .commands
+        .iter()
+        .filter_map(|c| c.strip_prefix("BDAT "))
+        .map(|rest| rest.trim_end_matches(" LAST").parse().unwrap())
+        .collect();
+    let (last, full) = sizes.split_last().unwrap();
+    assert_eq!(full, [1 << 20, 1 << 20], "{sizes:?}");
+    assert!(*last > 0 && *last <= 1 << 20, "{sizes:?}");
+
+    let expected: Vec<u8> = body
+        .split(|&octet| octet == b'\n')
+        .collect::<Vec<_>>()
+        .join(&b"\r\n"[..]);
+    let stored = &peers.smtp.messages()[0].data;
+    assert_eq!(stored.len(), sizes.iter().sum::<usize>());
+    assert!(*stored == expected, "the stored content differs");
+}
