@@ -659,7 +659,7 @@ fn resolve(file: Option<PathBuf>, config: Config, spool: PathBuf) -> Result<Serv
         let address = text.parse::<std::net::IpAddr>().map_err(|_| {
             fail(
                 "identity.addresses",
-                format!("invalid IP address {text:?}: expected such as 192.0.2.1 or 2001:db8::1"),
+                format!("invalid IP address {text:?}: expected an IP address such as 192.0.2.1 or 2001:db8::1"),
             )
         })?;
         own_addresses.push(address);

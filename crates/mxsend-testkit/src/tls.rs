@@ -79,6 +79,28 @@ impl TestCa {
         self.issue(names, ExtendedKeyUsagePurpose::ServerAuth, expired)
     }
 
+    /// Creates a self-signed certificate for `names` that is also a CA
+    /// (basic constraints CA:TRUE), as quick setups often make. A verifying
+    /// client that trusts it still rejects it as a server certificate.
+    ///
+    /// # Errors
+    ///
+    /// As [`TestCa::server_certificate`].
+    pub fn self_signed_ca(names: &[&str]) -> io::Result<TestCertificate> {
+        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        let mut params = CertificateParams::new(names).map_err(invalid)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "mxsend self-signed test server");
+        let key = KeyPair::generate().map_err(invalid)?;
+        let certificate = params.self_signed(&key).map_err(invalid)?;
+        Ok(TestCertificate {
+            cert_pem: certificate.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
     /// Issues a client certificate for `name`.
     ///
     /// # Errors

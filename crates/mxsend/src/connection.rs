@@ -162,16 +162,24 @@ pub enum Hint {
     /// No greeting came on a connection without TLS: the port probably
     /// expects implicit TLS.
     ImplicitTlsPort,
+    /// The policy requires STARTTLS and the server did not offer it.
+    StartTlsRequired(TlsPolicy),
 }
 
 impl std::fmt::Display for Hint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Hint::ImplicitTlsPort => {
+        match self {
+            Hint::ImplicitTlsPort => f.write_str(
                 "no greeting: the server may expect TLS from the first byte, as on port 465; \
-                 try --tls implicit"
-            }
-        })
+                 try --tls implicit",
+            ),
+            Hint::StartTlsRequired(policy) => write!(
+                f,
+                "the TLS policy is {policy}; choose --tls may to send in plain text when a \
+                 server offers no STARTTLS, or --tls implicit for a port that expects TLS \
+                 from the first byte"
+            ),
+        }
     }
 }
 
@@ -399,6 +407,16 @@ impl Connection {
                         address,
                         error,
                         hint: Some(Hint::ImplicitTlsPort),
+                    });
+                }
+                Err(ConnectionError::Session {
+                    error: error @ SessionError::StartTlsNotOffered { .. },
+                    ..
+                }) => {
+                    return Err(ConnectionError::Session {
+                        address,
+                        error,
+                        hint: Some(Hint::StartTlsRequired(policy)),
                     });
                 }
                 Err(error) => return Err(error),

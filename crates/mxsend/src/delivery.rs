@@ -426,7 +426,8 @@ impl Delivery {
         if plan.hosts.is_empty() {
             return Err(format!(
                 "mail for {} loops back to this host: it is the exchanger {name} (preference \
-                 {preference}), and no exchanger is preferred to it",
+                 {preference}), and no exchanger is preferred to it; check this host's \
+                 addresses (--own-address, identity.addresses) and the domain's MX records",
                 plan.domain
             ));
         }

@@ -308,7 +308,14 @@ pub fn describe_handshake_error(error: &io::Error, policy: TlsPolicy) -> String 
                 "the server certificate is not valid yet".to_owned()
             }
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-                "the server certificate is not valid for this host name".to_owned()
+                "the server certificate is not valid for this host name (give --relay the name \
+                 that the certificate carries)"
+                    .to_owned()
+            }
+            CertificateError::Other(other) if other.to_string().contains("CaUsedAsEndEntity") => {
+                "the server presented a CA certificate, which cannot identify a server; the \
+                 server needs a certificate issued by a CA (add that CA with --ca-file)"
+                    .to_owned()
             }
             CertificateError::UnknownIssuer => {
                 "the server certificate is not signed by a trusted CA (add the CA with --ca-file)"

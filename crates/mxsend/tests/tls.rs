@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use mxsend::proto::{Outcome, SessionError};
 use mxsend::{Connection, ConnectionError, DeliveryConfig, Route, TlsConfig, TlsPolicy};
-use mxsend_testkit::{Action, Point, Script, SmtpServer};
+use mxsend_testkit::{Action, Point, Script, SmtpServer, TestCa};
 
 use support::{Pki, connection_config, deliver, describe, relay};
 
@@ -157,6 +157,12 @@ async fn stripped_starttls_under_each_policy() {
                 "{policy}: {}",
                 recipient.reason
             );
+            let hint = format!("the TLS policy is {policy}; choose --tls may");
+            assert!(
+                recipient.reason.contains(&hint),
+                "{policy}: {}",
+                recipient.reason
+            );
             assert!(!sent_mail(&server), "{policy}: MAIL sent without TLS");
             let commands = &server.sessions()[0].commands;
             assert_eq!(commands.last().map(String::as_str), Some("QUIT"));
@@ -240,6 +246,31 @@ async fn verify_rejects_unknown_ca() {
         "{}",
         recipient.reason
     );
+    assert!(!sent_mail(&server));
+}
+
+/// A self-signed certificate with CA:TRUE, trusted with --ca-file, is
+/// still no server certificate (RFC 5280 section 4.2.1.9), and the reason
+/// says so in words instead of a rustls debug name.
+#[tokio::test]
+async fn verify_rejects_ca_as_server_certificate() {
+    let pki = Pki::new();
+    let certificate = TestCa::self_signed_ca(&["localhost", "127.0.0.1"]).unwrap();
+    let server = SmtpServer::start(Script::new().starttls(certificate.server_config().unwrap()))
+        .await
+        .unwrap();
+    let mut config = connection_config(None, &pki);
+    config.tls.ca_file = Some(pki.write("self-signed.pem", &certificate.cert_pem));
+    let report = deliver(&relay(server.addr(), "127.0.0.1", config)).await;
+
+    let recipient = &report.recipients[0];
+    assert_eq!(recipient.outcome, Outcome::Deferred);
+    assert!(
+        recipient.reason.contains("presented a CA certificate"),
+        "{}",
+        recipient.reason
+    );
+    assert!(!recipient.reason.contains("CaUsedAsEndEntity"));
     assert!(!sent_mail(&server));
 }
 
