@@ -768,7 +768,10 @@ impl Connection {
                 self.next_event().await?;
             }
         }
-        let _ = self.stream.shutdown().await;
+        // Over TLS the shutdown writes close_notify and flushes what the
+        // session still holds, which never leaves when the server has
+        // stopped reading. The data block timeout bounds that write too.
+        let _ = tokio::time::timeout(self.data_block_timeout, self.stream.shutdown()).await;
         Ok(())
     }
 

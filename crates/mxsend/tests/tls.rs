@@ -8,11 +8,12 @@ mod support;
 
 use std::time::Duration;
 
-use mxsend::proto::{Outcome, SessionError};
-use mxsend::{Connection, ConnectionError, DeliveryConfig, Route, TlsConfig, TlsPolicy};
+use mxsend::proto::data::DataPolicy;
+use mxsend::proto::{Address, Outcome, SessionError};
+use mxsend::{Connection, ConnectionError, DeliveryConfig, Message, Route, TlsConfig, TlsPolicy};
 use mxsend_testkit::{Action, Point, Script, SmtpServer, TestCa};
 
-use support::{Pki, connection_config, deliver, describe, relay};
+use support::{Pki, STEP_TIMEOUT, connection_config, deliver, describe, relay};
 
 /// Whether any session sent a MAIL command, which must never happen when
 /// the TLS policy was not met.
@@ -678,4 +679,81 @@ async fn verify_checks_mx_host_name() {
         "{}",
         recipient.reason
     );
+}
+
+/// A server that stops reading in the middle of the content over STARTTLS:
+/// the write times out, and then closing the connection must not wait for
+/// the same server to read again (the TLS shutdown flushes a write).
+const STALL_MARKER: &str = "the server stops reading after this line";
+
+/// Limit for each step of the tests: several times the 3 s write timeout.
+const STALL_LIMIT: Duration = Duration::from_secs(20);
+
+/// Content far larger than the loopback socket buffers, so that the
+/// client is still writing when the server stops reading.
+async fn stall_message() -> Message {
+    let mut content = b"Subject: stall\r\n\r\nfirst\r\n".to_vec();
+    content.extend_from_slice(STALL_MARKER.as_bytes());
+    content.extend_from_slice(b"\r\n");
+    let filler = format!("{}\r\n", "x".repeat(76));
+    while content.len() < 6 * 1024 * 1024 {
+        content.extend_from_slice(filler.as_bytes());
+    }
+    Message::from_bytes(
+        Some(Address::parse("sender@example.com").unwrap()),
+        vec![Address::parse("rcpt@example.net").unwrap()],
+        content,
+        DataPolicy::default(),
+    )
+    .await
+    .unwrap()
+}
+
+async fn stalling_server(pki: &Pki) -> SmtpServer {
+    let script = Script::new()
+        .extensions(&["PIPELINING", "8BITMIME", "SIZE 33554432"])
+        .on(Point::Body.containing(STALL_MARKER), Action::Stall)
+        .starttls(pki.server_config());
+    SmtpServer::start(script).await.unwrap()
+}
+
+#[tokio::test]
+async fn quit_after_tls_write_timeout_returns() {
+    let pki = Pki::new();
+    let server = stalling_server(&pki).await;
+    let config = connection_config(Some(TlsPolicy::Verify), &pki);
+    let mut connection = Connection::connect_host(server.addr(), "127.0.0.1", &config)
+        .await
+        .unwrap();
+    assert!(connection.is_encrypted());
+    let message = stall_message().await;
+
+    let sent = tokio::time::timeout(STALL_LIMIT, connection.send(&message, message.recipients()))
+        .await
+        .expect("send returns after the write timeout");
+    assert!(sent.is_err(), "{sent:?}");
+
+    let quit = tokio::time::timeout(STALL_LIMIT, connection.quit()).await;
+    assert!(
+        quit.is_ok(),
+        "quit still waits on the TLS shutdown {STALL_LIMIT:?} after a {STEP_TIMEOUT:?} write timeout"
+    );
+}
+
+#[tokio::test]
+async fn delivery_to_stalled_tls_server_ends() {
+    let pki = Pki::new();
+    let server = stalling_server(&pki).await;
+    let delivery = relay(
+        server.addr(),
+        "127.0.0.1",
+        connection_config(Some(TlsPolicy::Verify), &pki),
+    );
+    let message = stall_message().await;
+
+    let report = tokio::time::timeout(STALL_LIMIT, delivery.deliver(&message))
+        .await
+        .expect("delivery finishes after the write timeout");
+    assert_eq!(report.recipients[0].outcome, Outcome::Deferred);
+    assert!(server.messages().is_empty());
 }
