@@ -532,6 +532,74 @@ async fn bdat_rule_refuses_a_chunk() {
     assert!(server.messages().is_empty());
 }
 
+/// Opens a transaction on a server that offers CHUNKING and sends a first
+/// chunk of 3 octets.
+async fn client_after_first_chunk(server: &SmtpServer) -> Client {
+    let mut client = greeted_client(server).await;
+    client.command("EHLO client.test").await;
+    client.command("MAIL FROM:<s@example.test>").await;
+    client.command("RCPT TO:<r@example.test>").await;
+    client.send(b"BDAT 3\r\nabc").await;
+    assert_eq!(client.reply().await, "250 2.0.0 3 octets received\r\n");
+    client
+}
+
+#[tokio::test]
+async fn bdat_size_over_maximum_closes() {
+    let server = SmtpServer::start(Script::new().extensions(&["CHUNKING"]))
+        .await
+        .unwrap();
+    let mut client = client_after_first_chunk(&server).await;
+    client
+        .send(format!("BDAT {}\r\n", u64::MAX).as_bytes())
+        .await;
+    let reply = client.reply().await;
+    assert!(reply.starts_with("552 5.3.4"), "{reply}");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(WAIT, client.stream.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the connection stays open");
+    assert!(server.messages().is_empty());
+}
+
+#[tokio::test]
+async fn bdat_refused_for_size_ends_transaction() {
+    let server = SmtpServer::start(Script::new().extensions(&["CHUNKING"]))
+        .await
+        .unwrap();
+    let mut client = client_after_first_chunk(&server).await;
+    // With the 3 octets taken, this chunk passes the 64 MiB maximum.
+    let size = 64 * 1024 * 1024 - 2;
+    client.send(format!("BDAT {size}\r\n").as_bytes()).await;
+    let block = vec![b'q'; 1024 * 1024];
+    let mut left = size;
+    while left > 0 {
+        let part = left.min(block.len());
+        client.stream.write_all(&block[..part]).await.unwrap();
+        left -= part;
+    }
+    let reply = client.reply().await;
+    assert!(reply.starts_with("552 5.3.4"), "{reply}");
+    client.send(b"BDAT 3 LAST\r\nxyz").await;
+    let reply = client.reply().await;
+    assert!(reply.starts_with("503 "), "{reply}");
+    assert!(server.messages().is_empty());
+}
+
+#[tokio::test]
+async fn mail_during_chunks_is_nested() {
+    let server = SmtpServer::start(Script::new().extensions(&["CHUNKING"]))
+        .await
+        .unwrap();
+    let mut client = client_after_first_chunk(&server).await;
+    let reply = client.command("MAIL FROM:<other@example.test>").await;
+    assert_eq!(reply, "503 5.5.1 Error: nested MAIL command\r\n");
+    client.send(b"BDAT 3 LAST\r\nxyz").await;
+    assert_eq!(client.reply().await, "250 2.0.0 Ok: queued\r\n");
+    let messages = server.messages();
+    assert_eq!(messages[0].mail_from, "s@example.test");
+    assert_eq!(messages[0].data, b"abcxyz");
+}
+
 #[tokio::test]
 async fn data_reply_without_354_skips_content() {
     let script = Script::new().on(Point::Data, Action::reply("554 5.5.1 No valid recipients"));

@@ -331,17 +331,21 @@ impl Session {
             .extensions
             .iter()
             .any(|keyword| keyword.eq_ignore_ascii_case("CHUNKING"));
+        if size > MAX_MESSAGE_SIZE {
+            // Reading that many octets to stay in step is not worth it.
+            self.queue_reply("552 5.3.4 Error: message too big, closing the connection");
+            return Flow::Close;
+        }
         let has_recipients =
             |phase: Option<&Transaction>| phase.is_some_and(|t| !t.rcpt_to.is_empty());
+        let taken = self.chunked.as_ref().map_or(0, |phase| phase.content.len());
         let refusal = if !offered {
             Some("502 5.5.1 Error: BDAT not offered")
         } else if self.rejected {
             Some(REPLY_REJECTED)
         } else if self.chunked.is_none() && !has_recipients(self.transaction.as_ref()) {
             Some("503 5.5.1 Error: need RCPT command")
-        } else if self.chunked.as_ref().map_or(0, |phase| phase.content.len()) + size
-            > MAX_MESSAGE_SIZE
-        {
+        } else if taken + size > MAX_MESSAGE_SIZE {
             Some("552 5.3.4 Error: message too big")
         } else {
             None
@@ -368,6 +372,9 @@ impl Session {
             return Ok(Flow::Continue);
         };
         if let Some(refusal) = chunk.refusal {
+            // RFC 3030 section 2: a refused chunk ends the transaction.
+            self.chunked = None;
+            self.transaction = None;
             self.queue_reply(refusal);
             return Ok(Flow::Continue);
         }
@@ -528,7 +535,9 @@ impl Session {
             Point::Helo if !has_argument => "501 5.5.4 Syntax: HELO hostname",
             Point::Helo => return format!("250 {HOSTNAME}"),
             Point::Mail if !self.greeted => "503 5.5.1 Error: send HELO/EHLO first",
-            Point::Mail if self.transaction.is_some() => "503 5.5.1 Error: nested MAIL command",
+            Point::Mail if self.transaction.is_some() || self.chunked.is_some() => {
+                "503 5.5.1 Error: nested MAIL command"
+            }
             Point::Mail if parse_path(text, "FROM:").is_none() => {
                 "501 5.5.4 Syntax: MAIL FROM:<address>"
             }
