@@ -82,7 +82,7 @@ impl<'a> OwnHost<'a> {
     }
 
     fn is_own_address(&self, ip: &IpAddr) -> bool {
-        self.addresses.contains(ip)
+        mxsend::resolver::is_one_of(*ip, self.addresses)
     }
 
     fn has_own_address(&self, host: &MxHost) -> bool {

@@ -123,17 +123,29 @@ impl MxPlan {
     /// host's addresses. Delivery from this host drops it and every
     /// exchanger whose preference value is not lower (C-MX-06, RFC 5321
     /// section 5.1). Returns `None` for an implicit MX or an address
-    /// literal, which are never dropped.
+    /// literal, which are never dropped. An IPv4-mapped IPv6 address, as a
+    /// dual-stack socket reports an IPv4 peer, matches its IPv4 address.
     pub fn own_exchanger(&self, own_addresses: &[IpAddr]) -> Option<(u16, &str)> {
         if own_addresses.is_empty() || self.source != MxSource::Mx {
             return None;
         }
         self.hosts
             .iter()
-            .filter(|host| host.addresses.iter().any(|ip| own_addresses.contains(ip)))
+            .filter(|host| {
+                host.addresses
+                    .iter()
+                    .any(|ip| is_one_of(*ip, own_addresses))
+            })
             .map(|host| (host.preference, host.name.as_str()))
             .min()
     }
+}
+
+/// Whether `ip` is one of `addresses`, comparing IPv4-mapped IPv6
+/// addresses as the IPv4 addresses they carry.
+pub fn is_one_of(ip: IpAddr, addresses: &[IpAddr]) -> bool {
+    let ip = ip.to_canonical();
+    addresses.iter().any(|other| other.to_canonical() == ip)
 }
 
 /// Why the exchangers of a domain could not be found.
@@ -466,6 +478,41 @@ fn display_name(name: &Name) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn host(name: &str, preference: u16, address: &str) -> MxHost {
+        MxHost {
+            name: name.to_owned(),
+            preference,
+            addresses: vec![address.parse().unwrap()],
+            error: None,
+        }
+    }
+
+    /// C-MX-06: this host's address matches in either form, IPv4 or
+    /// IPv4-mapped IPv6, on either side.
+    #[test]
+    fn own_exchanger_matches_mapped_addresses() {
+        let plan = MxPlan {
+            domain: "example.net".to_owned(),
+            source: MxSource::Mx,
+            hosts: vec![
+                host("a.example.net", 10, "192.0.2.1"),
+                host("b.example.net", 20, "::ffff:192.0.2.2"),
+            ],
+        };
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let plain: IpAddr = "192.0.2.2".parse().unwrap();
+        assert_eq!(plan.own_exchanger(&[mapped]), Some((10, "a.example.net")));
+        assert_eq!(plan.own_exchanger(&[plain]), Some((20, "b.example.net")));
+        let other: IpAddr = "192.0.2.3".parse().unwrap();
+        assert_eq!(plan.own_exchanger(&[other]), None);
+
+        let implicit = MxPlan {
+            source: MxSource::ImplicitMx,
+            ..plan
+        };
+        assert_eq!(implicit.own_exchanger(&[mapped]), None);
+    }
 
     #[test]
     fn fqdn_ignores_case_and_trailing_dot() {
