@@ -935,6 +935,11 @@ impl Connection {
     /// Nothing is due from the server before the final dot, so any byte
     /// ends the session, and the dot is never sent after it: a reply that
     /// arrived early cannot be mistaken for the reply to the dot (C-REP-06).
+    ///
+    /// NOTE: this catches only replies that arrive before the last write,
+    /// which carries up to 64 KiB of content with the dot. A reply the
+    /// server sends while reading that write comes after the dot and is
+    /// taken as its reply; SMTP gives no way to tell the two apart.
     fn content_may_continue(&mut self) -> Result<bool, ConnectionError> {
         self.read_available_replies()?;
         Ok(self.session.is_sending_data())
