@@ -195,8 +195,8 @@ pub struct DnsArgs {
     /// the servers in /etc/resolv.conf.
     #[arg(long, value_name = "IP[:PORT]", value_parser = parse_nameserver)]
     pub nameserver: Option<SocketAddr>,
-    /// Seconds to wait for each DNS request.
-    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    /// Seconds to wait for each DNS request, a whole number of at least 1.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = parse_seconds)]
     pub dns_timeout: u64,
 }
 
@@ -221,15 +221,21 @@ pub struct SendArgs {
     #[arg(long, value_name = "HOST[:PORT]")]
     pub relay: Option<String>,
     /// Port of the mail exchangers, for MX delivery. A relay's port goes in
-    /// --relay HOST:PORT instead.
-    #[arg(long, default_value_t = mxsend::DEFAULT_PORT)]
+    /// --relay HOST:PORT instead, so the two options exclude each other.
+    #[arg(
+        long,
+        default_value_t = mxsend::DEFAULT_PORT,
+        value_parser = clap::value_parser!(u16).range(1..),
+        conflicts_with = "relay"
+    )]
     pub port: u16,
     /// Name sent with EHLO; defaults to this machine's fully qualified name,
     /// or the address literal of the connection when it has none.
     #[arg(long, value_name = "NAME")]
     pub helo: Option<String>,
-    /// Seconds allowed for each TCP connection to be made.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    /// Seconds allowed for each TCP connection to be made, a whole number
+    /// of at least 1.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = parse_seconds)]
     pub connect_timeout: u64,
     /// An IP address of this host. Repeat the option for several. An
     /// exchanger with one of them is this host, so mail goes only to
@@ -239,8 +245,9 @@ pub struct SendArgs {
     #[arg(long = "own-address", value_name = "IP", value_parser = parse_own_address)]
     pub own_addresses: Vec<IpAddr>,
     /// Seconds allowed for every server reply, in place of the RFC 5321
-    /// defaults (5 minutes for most commands, 10 after the final dot).
-    #[arg(long, value_name = "SECONDS")]
+    /// defaults (5 minutes for most commands, 10 after the final dot). A
+    /// whole number of at least 1.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     pub reply_timeout: Option<u64>,
     /// Never pipeline commands, even when the server offers PIPELINING.
     #[arg(long)]
@@ -252,8 +259,9 @@ pub struct SendArgs {
     /// The message is binary MIME (RFC 3030): send it octet for octet with
     /// BODY=BINARYMIME in BDAT chunks, leaving line breaks, NUL octets and
     /// long lines as they are. Its header section must use CRLF line
-    /// breaks. A server without BINARYMIME and CHUNKING does not get the
-    /// message: its recipients fail with 5.6.3.
+    /// breaks. A server that lacks BINARYMIME or CHUNKING does not get the
+    /// message: its recipients fail with 5.6.3. Cannot be combined with
+    /// --no-chunking.
     #[arg(long, conflicts_with = "no_chunking")]
     pub binarymime: bool,
     /// Delivery status notifications to ask for: never, or a comma-separated
@@ -265,8 +273,8 @@ pub struct SendArgs {
     /// header section).
     #[arg(long, value_name = "full|hdrs", value_parser = parse_dsn_return)]
     pub ret: Option<mxsend::proto::DsnReturn>,
-    /// Envelope identifier that notifications quote back, at most 100
-    /// printable ASCII characters.
+    /// Envelope identifier that notifications quote back: 1 to 100
+    /// printable ASCII characters without spaces.
     #[arg(long, value_name = "ID", value_parser = parse_envid)]
     pub envid: Option<String>,
     /// Print the report as JSON on standard output.
@@ -407,6 +415,20 @@ pub fn parse_nameserver(text: &str) -> Result<SocketAddr, String> {
         })
 }
 
+fn port_zero(relay: &str) -> String {
+    format!("invalid relay {relay:?}: port 0 cannot be connected to; give a port from 1 to 65535")
+}
+
+/// Parses a number of seconds for a timeout: a whole number of at least 1.
+pub fn parse_seconds(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(seconds) if seconds >= 1 => Ok(seconds),
+        _ => Err(format!(
+            "invalid number of seconds {text:?}: expected a whole number of at least 1, such as 30"
+        )),
+    }
+}
+
 /// Splits `HOST[:PORT]`, `[IPv6]:PORT` or a bare IPv6 address.
 pub fn parse_relay(text: &str) -> Result<(String, u16), String> {
     let invalid = || {
@@ -419,6 +441,9 @@ pub fn parse_relay(text: &str) -> Result<(String, u16), String> {
             None if after.is_empty() => mxsend::DEFAULT_PORT,
             None => return Err(invalid()),
         };
+        if port == 0 {
+            return Err(port_zero(text));
+        }
         return Ok((host.to_owned(), port));
     }
     if text.parse::<std::net::Ipv6Addr>().is_ok() {
@@ -428,7 +453,10 @@ pub fn parse_relay(text: &str) -> Result<(String, u16), String> {
         Some((host, port)) => (host, port.parse().map_err(|_| invalid())?),
         None => (text, mxsend::DEFAULT_PORT),
     };
-    if host.is_empty() || port == 0 || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if port == 0 {
+        return Err(port_zero(text));
+    }
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(invalid());
     }
     Ok((host.to_owned(), port))
@@ -437,6 +465,18 @@ pub fn parse_relay(text: &str) -> Result<(String, u16), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seconds_are_whole_and_positive() {
+        assert_eq!(parse_seconds("30"), Ok(30));
+        for bad in ["0", "1.5", "-1", ""] {
+            let error = parse_seconds(bad).unwrap_err();
+            assert!(
+                error.contains("whole number of at least 1"),
+                "{bad}: {error}"
+            );
+        }
+    }
 
     #[test]
     fn relay_forms() {
@@ -448,7 +488,10 @@ mod tests {
         assert_eq!(parse_relay("[::1]:2525").unwrap(), ("::1".into(), 2525));
         assert_eq!(parse_relay("::1").unwrap(), ("::1".into(), 25));
         assert!(parse_relay("mx.test:port").is_err());
-        assert!(parse_relay("127.0.0.1:0").is_err());
+        for zero in ["127.0.0.1:0", "[::1]:0"] {
+            let error = parse_relay(zero).unwrap_err();
+            assert!(error.contains("port 0"), "{error}");
+        }
         assert!(parse_relay("").is_err());
     }
 

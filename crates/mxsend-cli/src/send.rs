@@ -303,6 +303,17 @@ fn check_binary_header(content: &[u8]) -> Result<(), Failure> {
         }
         previous = Some(octet);
     }
+    // No empty line: the content is all header section, and its last line
+    // must end with CRLF too.
+    if !content.ends_with(b"\r\n") {
+        return Err(Failure::new(
+            exit::DATA_ERROR,
+            format!(
+                "with --binarymime the message goes as it is, and line {line} of its header \
+                 section ends without CRLF; end every header line with CRLF"
+            ),
+        ));
+    }
     Ok(())
 }
 

@@ -177,9 +177,14 @@ async fn send_relay_skips_mx_lookup() {
     let smtp = SmtpServer::start(Script::new()).await.unwrap();
     let relay = format!("127.0.0.1:{}", smtp.addr().port());
 
-    let output = send(
-        // The relay default is TLS verify, and this server has no TLS.
+    let nameserver = dns.addr().to_string();
+    let output = mxsend(
+        // The relay default is TLS verify, and this server has no TLS. The
+        // relay's port is in --relay, so --port is not given.
         &[
+            "send",
+            "--nameserver",
+            &nameserver,
             "--relay",
             &relay,
             "--tls",
@@ -187,8 +192,6 @@ async fn send_relay_skips_mx_lookup() {
             "--to",
             "someone@unknown-domain.test",
         ],
-        &dns,
-        &smtp,
         MESSAGE.as_bytes(),
     )
     .await;
@@ -828,4 +831,84 @@ async fn send_binarymime_needs_crlf_header() {
     )
     .await;
     assert_eq!(status(&output), 64, "{}", text(&output.stderr));
+}
+
+/// Options that once did something else silently are usage errors: a
+/// zero timeout (once taken as 1 s), --port with --relay (once ignored in
+/// favour of port 25), and port 0.
+#[tokio::test]
+async fn silent_option_mistakes_are_usage_errors() {
+    let cases: [&[&str]; 5] = [
+        &["send", "--reply-timeout", "0", "--to", "bob@example.net"],
+        &[
+            "send",
+            "--connect-timeout",
+            "1.5",
+            "--to",
+            "bob@example.net",
+        ],
+        &[
+            "send",
+            "--relay",
+            "127.0.0.1",
+            "--port",
+            "2525",
+            "--to",
+            "bob@example.net",
+        ],
+        &["send", "--port", "0", "--to", "bob@example.net"],
+        &["mx", "--dns-timeout", "0", "example.net"],
+    ];
+    for args in cases {
+        let output = mxsend(args, MESSAGE.as_bytes()).await;
+        assert_eq!(status(&output), 64, "{args:?}: {}", text(&output.stderr));
+        let stderr = text(&output.stderr);
+        let named = args
+            .iter()
+            .any(|arg| arg.starts_with("--") && stderr.contains(arg));
+        assert!(named, "{args:?}: the error names no option: {stderr}");
+    }
+}
+
+/// When no exchanger of a domain has an address, `send` exits 68 as `mx`
+/// does: sendmail's "host unknown".
+#[tokio::test]
+async fn exchangers_without_address_exit_68() {
+    let zone = Zone::new().mx("noaddr.test", 10, "missing.noaddr.test");
+    let dns = DnsServer::start(zone).await.unwrap();
+    let smtp = SmtpServer::start(Script::new()).await.unwrap();
+    let output = send(
+        &["--to", "bob@noaddr.test"],
+        &dns,
+        &smtp,
+        MESSAGE.as_bytes(),
+    )
+    .await;
+    assert_eq!(status(&output), 68, "{}", text(&output.stdout));
+    let nameserver = dns.addr().to_string();
+    let output = mxsend(&["mx", "--nameserver", &nameserver, "noaddr.test"], b"").await;
+    assert_eq!(status(&output), 68, "{}", text(&output.stderr));
+    assert!(smtp.sessions().is_empty());
+}
+
+/// A --binarymime message that is all header section must still end its
+/// last line with CRLF, since nothing is added on the way.
+#[tokio::test]
+async fn send_binarymime_header_only_needs_final_crlf() {
+    let dns = start_dns().await;
+    let smtp = SmtpServer::start(Script::new()).await.unwrap();
+    let output = send(
+        &["--binarymime", "--to", "bob@example.net"],
+        &dns,
+        &smtp,
+        b"From: alice@example.com\r\nSubject: x",
+    )
+    .await;
+    assert_eq!(status(&output), 65, "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("line 2 of its header section ends without CRLF"),
+        "{}",
+        text(&output.stderr)
+    );
+    assert!(smtp.sessions().is_empty());
 }

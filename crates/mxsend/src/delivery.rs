@@ -120,7 +120,9 @@ pub struct RecipientReport {
     pub host: Option<String>,
     /// Its address and port.
     pub server: Option<SocketAddr>,
-    /// True when DNS reported that the domain or relay does not exist.
+    /// True when DNS reported that the domain or relay does not exist, or
+    /// that no exchanger of the domain has an address: sendmail's "host
+    /// unknown".
     pub no_such_domain: bool,
 }
 
@@ -469,7 +471,10 @@ impl Delivery {
                             reason: error.to_string(),
                             host: None,
                             server: None,
-                            no_such_domain: matches!(error, MxError::NoSuchDomain { .. }),
+                            no_such_domain: matches!(
+                                error,
+                                MxError::NoSuchDomain { .. } | MxError::NoAddress { .. }
+                            ),
                         },
                     );
                 }
