@@ -624,6 +624,14 @@ impl Delivery {
             .and_then(|result| result.as_ref().err())
             .map(ToString::to_string);
         let nothing_sent = transaction.recipients.iter().all(|r| r.refused_locally);
+        // The local refusal of the whole message, which names what the
+        // server lacks, for the attempt's summary.
+        let local_refusal = transaction
+            .recipients
+            .first()
+            .filter(|_| nothing_sent)
+            .and_then(|r| r.reply.as_ref())
+            .map(ToString::to_string);
         let mut still_pending = Vec::new();
         for ((index, address), status) in pending.drain(..).zip(transaction.recipients) {
             if transaction.interrupted && status.outcome == Outcome::Deferred {
@@ -669,9 +677,10 @@ impl Delivery {
         let summary = match (&transaction.final_reply, &session_error) {
             (_, Some(error)) => format!("session failed: {error}"),
             (Some(reply), None) => reply.to_string(),
-            (None, None) if nothing_sent => {
-                "message not sent: the server lacks an extension it needs".to_owned()
-            }
+            (None, None) if nothing_sent => match local_refusal {
+                Some(refusal) => format!("message not sent: {refusal}"),
+                None => "message not sent: the server lacks an extension it needs".to_owned(),
+            },
             (None, None) => "no recipient accepted".to_owned(),
         };
         let summary = match connection.tls_description() {

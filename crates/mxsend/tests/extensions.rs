@@ -476,6 +476,11 @@ async fn binary_content_refused_without_binarymime() {
         let reply = report.recipients[0].reply.as_ref().unwrap();
         assert_eq!(reply.enhanced.as_deref(), Some("5.6.3"), "{extensions:?}");
         assert!(report.recipients[0].local);
+        let attempt = &report.attempts[0].result;
+        assert!(
+            attempt.contains("5.6.3") && attempt.contains("BINARYMIME"),
+            "the attempt names what is missing: {attempt}"
+        );
         assert!(
             !session.commands.iter().any(|c| c.starts_with("MAIL ")),
             "{session:?}"
