@@ -165,10 +165,13 @@ pub enum MxError {
         domain: String,
     },
     /// No exchanger of the domain has an address.
-    #[error("no mail exchanger of {domain} has an address")]
+    #[error("no mail exchanger of {domain} has an address ({reasons})")]
     NoAddress {
         /// The domain.
         domain: String,
+        /// Each exchanger with the reason it has no address, such as
+        /// `mx.example.net: host mx.example.net does not exist`.
+        reasons: String,
     },
     /// The domain is not a valid DNS name.
     #[error("invalid domain name {domain:?}")]
@@ -322,7 +325,17 @@ impl MxResolver {
                     domain: display,
                     reason: reason.to_owned(),
                 },
-                None => MxError::NoAddress { domain: display },
+                None => MxError::NoAddress {
+                    domain: display,
+                    reasons: hosts
+                        .iter()
+                        .map(|host| match &host.error {
+                            Some(error) => format!("{}: {error}", host.name),
+                            None => format!("{}: no address", host.name),
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                },
             });
         }
         Ok(MxPlan {

@@ -222,6 +222,22 @@ async fn ip_address_exchange_skipped() {
     assert_eq!(usable, ["mx.example.net"]);
 }
 
+/// When the only exchanger is an IP address, the error keeps the reason,
+/// so `mxsend mx` and `send` say why instead of only "no address".
+#[tokio::test]
+async fn only_ip_address_exchanger_names_reason() {
+    let zone = Zone::new().mx("literal.test", 10, "127.0.0.1");
+    let (_dns, resolver) = resolver_for(zone).await;
+
+    let error = resolver.resolve("literal.test").await.unwrap_err();
+    assert!(matches!(error, MxError::NoAddress { .. }), "{error:?}");
+    let text = error.to_string();
+    assert!(
+        text.contains("127.0.0.1: ") && text.contains("IP address"),
+        "{text}"
+    );
+}
+
 /// More than ten MX records are all kept, in preference order.
 #[tokio::test]
 async fn many_exchangers_kept_in_order() {
