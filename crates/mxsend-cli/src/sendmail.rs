@@ -40,7 +40,8 @@ message is stored; a delivery that fails later sends the sender a bounce.
   --config FILE configuration file
   --spool DIR   spool folder
 Other -o options, -B, -N, -R, -V, -O, -L and -C are accepted and ignored
-with a warning, except -oe* and -B, which are ignored silently.";
+with a warning, except -oe*, -B 7BIT and -B 8BITMIME, which are ignored
+silently.";
 
 /// What the command line asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,10 +253,17 @@ fn parse(arguments: &[String]) -> Result<Options, Failure> {
                         .push(format!("ignoring unknown option -o{other}")),
                 }
             }
-            // The body type: the content is sent as it is, with
-            // BODY=8BITMIME when it has 8-bit octets.
+            // The body type: the content is sent as text, with
+            // BODY=8BITMIME when it has 8-bit octets, which is what 7BIT
+            // and 8BITMIME ask for. The queue has no binary form.
             "B" => {
-                value("-B", attached, &mut rest)?;
+                let body = value("-B", attached, &mut rest)?;
+                if !(body.eq_ignore_ascii_case("7BIT") || body.eq_ignore_ascii_case("8BITMIME")) {
+                    options.warnings.push(format!(
+                        "ignoring -B {body}: the queue sends messages as text; use \
+                         mxsend send --binarymime for binary MIME"
+                    ));
+                }
             }
             "N" | "R" | "V" | "L" | "C" | "O" => {
                 let ignored = value(&format!("-{letter}"), attached, &mut rest)?;
@@ -549,6 +557,15 @@ mod tests {
         assert!(options.ignore_dots);
         assert_eq!(options.full_name.as_deref(), Some("CronDaemon"));
         assert!(options.warnings.is_empty(), "{:?}", options.warnings);
+    }
+
+    #[test]
+    fn binary_body_type_warns() {
+        let options = parse(&strings(&["-B", "BINARYMIME", "b@y.test"])).unwrap();
+        assert_eq!(options.warnings.len(), 1, "{:?}", options.warnings);
+        assert!(options.warnings[0].contains("--binarymime"));
+        let seven = parse(&strings(&["-B7BIT", "b@y.test"])).unwrap();
+        assert!(seven.warnings.is_empty(), "{:?}", seven.warnings);
     }
 
     #[test]
