@@ -81,6 +81,9 @@ pub struct DeliverySection {
     pub reply_timeout: Option<String>,
     /// Pipeline commands when the server offers PIPELINING.
     pub pipelining: bool,
+    /// Send the content with BDAT when the server offers CHUNKING, as
+    /// `mxsend send` does unless given --no-chunking.
+    pub chunking: bool,
     /// TLS policy: none, may, encrypt, verify or implicit, as `mxsend send
     /// --tls`. Absent means verify with a relay and may for MX delivery.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -124,6 +127,7 @@ impl Default for DeliverySection {
             connect_timeout: "30s".to_owned(),
             reply_timeout: None,
             pipelining: true,
+            chunking: true,
             tls: None,
             ca_file: None,
             client_cert: None,
@@ -582,6 +586,7 @@ fn resolve(file: Option<PathBuf>, config: Config, spool: PathBuf) -> Result<Serv
         connect_timeout: duration("delivery.connect_timeout", &config.delivery.connect_timeout)?,
         timeouts,
         pipelining: config.delivery.pipelining,
+        chunking: config.delivery.chunking,
         transcript: false,
         tls: tls_config(&config.delivery, &fail)?,
         auth: auth_settings(&config.delivery, &fail)?,
@@ -812,6 +817,15 @@ mod tests {
         assert_eq!(service.delivery.port, 25);
         assert_eq!(service.queue.retry, RetrySchedule::default());
         assert_eq!(service.submission, Submission::Background);
+    }
+
+    #[test]
+    fn chunking_follows_the_file() {
+        let default = resolve(None, Config::default(), PathBuf::from("/nonexistent-spool"));
+        assert!(default.unwrap().delivery.connection.chunking);
+        let config: Config = toml::from_str("[delivery]\nchunking = false\n").unwrap();
+        let service = resolve(None, config, PathBuf::from("/nonexistent-spool")).unwrap();
+        assert!(!service.delivery.connection.chunking);
     }
 
     #[test]
