@@ -22,9 +22,24 @@ use crate::input::{self, EnvelopeOptions};
 /// A [`Failure`] for bad input or a resolver that cannot be set up; delivery
 /// failures are in the returned status instead.
 pub async fn run(args: &SendArgs) -> Result<u8, Failure> {
-    let content = input::read_content(args.file.as_deref())?;
-    let report = send_content(content, args).await?;
-    Ok(exit::for_report(&report))
+    let sent = match input::read_content(args.file.as_deref()) {
+        Ok(content) => send_content(content, args).await,
+        Err(failure) => Err(failure),
+    };
+    match sent {
+        Ok(report) => Ok(exit::for_report(&report)),
+        Err(failure) => {
+            if args.json {
+                // Scripts get a JSON document either way, as from `mx`.
+                let value = serde_json::json!({
+                    "error": failure.message,
+                    "status": failure.status,
+                });
+                println!("{value}");
+            }
+            Err(failure)
+        }
+    }
 }
 
 /// Delivers `content` with the envelope and settings of `args`, prints the

@@ -912,3 +912,19 @@ async fn send_binarymime_header_only_needs_final_crlf() {
     );
     assert!(smtp.sessions().is_empty());
 }
+
+/// With --json, a message that cannot be sent still gives a JSON document
+/// on standard output, with the error and the exit status.
+#[tokio::test]
+async fn send_json_reports_usage_errors() {
+    let dns = start_dns().await;
+    let smtp = SmtpServer::start(Script::new()).await.unwrap();
+    let output = send(&["--json"], &dns, &smtp, MESSAGE.as_bytes()).await;
+    assert_eq!(status(&output), 64);
+    let document: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("a JSON document on stdout");
+    assert_eq!(document["status"], 64);
+    let error = document["error"].as_str().unwrap_or_default();
+    assert!(error.contains("no recipients"), "{document}");
+    assert!(text(&output.stderr).contains("no recipients"));
+}

@@ -111,8 +111,10 @@ pub struct RecipientReport {
     pub reply: Option<ReplySummary>,
     /// True when mxsend refused to send to this recipient itself, because
     /// the last exchanger tried lacked an extension that the message needs
-    /// (SIZE, 8BITMIME or SMTPUTF8). `reply` is then made up by mxsend,
-    /// not sent by a server.
+    /// (SIZE, 8BITMIME, BINARYMIME or SMTPUTF8). `reply` is then made up
+    /// by mxsend, not sent by a server. Other decisions made without a
+    /// server, such as mail that would loop back to this host, have no
+    /// `reply` and leave this false.
     pub local: bool,
     /// Why, in one line: the reply or the error.
     pub reason: String,
