@@ -21,7 +21,7 @@ use std::time::Duration;
 use std::{fmt, io};
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -116,7 +116,21 @@ impl SmtpServer {
                 ),
             ));
         }
-        let listener = TcpListener::bind(addr).await?;
+        let listener = match script.receive_buffer {
+            None => TcpListener::bind(addr).await?,
+            Some(size) => {
+                let socket = if addr.is_ipv4() {
+                    TcpSocket::new_v4()?
+                } else {
+                    TcpSocket::new_v6()?
+                };
+                // Set before listen, so that accepted connections inherit
+                // it; a fixed size also turns off receive autotuning.
+                socket.set_recv_buffer_size(size)?;
+                socket.bind(addr)?;
+                socket.listen(1024)?
+            }
+        };
         let addr = listener.local_addr()?;
 
         let shared = Arc::new(Shared::new());

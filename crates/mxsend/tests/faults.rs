@@ -23,10 +23,12 @@ use mxsend_testkit::{Action, DnsServer, Point, Script, SmtpServer, TestCa, Zone}
 /// Reply timeout of every phase: short, so that the `Silent` cells finish
 /// quickly, and still far above loopback round trips.
 const STEP_TIMEOUT: Duration = Duration::from_millis(700);
-/// Time each write may block. The `MidBody` cells write 16 MiB, which
-/// the backup, a debug build sharing two cores with every other cell,
-/// does not always read fast enough for [`STEP_TIMEOUT`].
+/// Time each write may block, and time for the reply to the final dot.
+/// The `MidBody` cells send 16 MiB, which the backup, a debug build
+/// sharing two cores with every other cell, does not always read and
+/// answer within [`STEP_TIMEOUT`].
 const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+const DATA_END_TIMEOUT: Duration = Duration::from_secs(5);
 const CELL_LIMIT: Duration = Duration::from_secs(20);
 const AUTH_USER: &str = "fault-user";
 const AUTH_PASSWORD: &str = "fault-password";
@@ -48,6 +50,9 @@ enum At {
     /// A line in the middle of the message content, while the client is
     /// still writing it.
     MidBody,
+    /// The same over STARTTLS, where the client reads and closes through
+    /// TLS records.
+    MidBodyTls,
     DataEnd,
     Quit,
 }
@@ -120,7 +125,7 @@ fn expected_outcome(at: At, fault: Fault) -> (Outcome, Taken) {
         // client stops writing and never sends the final dot (C-REP-06),
         // or a stalled write times out (RFC 5321 section 4.5.3.2.5). The
         // primary cannot have taken the message, and the backup gets it.
-        (At::MidBody, _) => (Delivered, Taken::Backup),
+        (At::MidBody | At::MidBodyTls, _) => (Delivered, Taken::Backup),
 
         // Everything else is a failure of the primary before it took the
         // message: a lost connection, silence, 421 (also after the final
@@ -141,10 +146,14 @@ fn point(at: At) -> Point {
         At::Mail => Point::Mail,
         At::Rcpt => Point::Rcpt,
         At::Data => Point::Data,
-        At::MidBody => Point::Body,
+        At::MidBody | At::MidBodyTls => Point::Body,
         At::DataEnd => Point::DataEnd,
         At::Quit => Point::Quit,
     }
+}
+
+fn is_mid_body(at: At) -> bool {
+    matches!(at, At::MidBody | At::MidBodyTls)
 }
 
 /// The content line where the `MidBody` faults happen.
@@ -155,7 +164,7 @@ const MARKER_LINE: &str = "the server misbehaves after this line";
 /// hold, so that the client is still writing when the fault happens.
 fn content(at: At) -> Vec<u8> {
     let mut content = b"Subject: fault\r\n\r\n".to_vec();
-    if at == At::MidBody {
+    if is_mid_body(at) {
         content.extend_from_slice(b"first line\r\n");
         content.extend_from_slice(MARKER_LINE.as_bytes());
         content.extend_from_slice(b"\r\n");
@@ -180,7 +189,7 @@ fn action(at: At, fault: Fault) -> Action {
     };
     match fault {
         Fault::Close => Action::Close,
-        Fault::Silent if at == At::MidBody => Action::Stall,
+        Fault::Silent if is_mid_body(at) => Action::Stall,
         Fault::Silent => Action::Hang,
         Fault::Closing421 => Action::reply("421 4.3.2 shutting down"),
         Fault::Temporary4xx => Action::reply("451 4.3.0 try again later"),
@@ -201,7 +210,7 @@ fn action(at: At, fault: Fault) -> Action {
 
 async fn run_cell(at: At, fault: Fault) -> Result<(), String> {
     let mut script = Script::new();
-    if at == At::StartTls {
+    if at == At::StartTls || at == At::MidBodyTls {
         let certificate = TestCa::new()
             .and_then(|ca| ca.server_certificate(&["primary.example.net"], false))
             .map_err(|e| e.to_string())?;
@@ -217,18 +226,23 @@ async fn run_cell(at: At, fault: Fault) -> Result<(), String> {
             ])
             .auth(AUTH_USER, AUTH_PASSWORD);
     }
-    if at == At::MidBody {
-        // The default SIZE of 10 MiB would refuse the large content.
-        script = script.extensions(&[
-            "PIPELINING",
-            "8BITMIME",
-            "ENHANCEDSTATUSCODES",
-            "SIZE 33554432",
-        ]);
+    if is_mid_body(at) {
+        // The default SIZE of 10 MiB would refuse the large content. A
+        // small receive buffer keeps the client from writing all of it
+        // into kernel buffers before the server reads the marker line.
+        script = script
+            .extensions(&[
+                "PIPELINING",
+                "8BITMIME",
+                "ENHANCEDSTATUSCODES",
+                "SIZE 33554432",
+            ])
+            .receive_buffer(64 * 1024);
     }
-    let trigger = match at {
-        At::MidBody => point(at).session(1).containing(MARKER_LINE),
-        _ => point(at).session(1),
+    let trigger = if is_mid_body(at) {
+        point(at).session(1).containing(MARKER_LINE)
+    } else {
+        point(at).session(1)
     };
     let script = script.on(trigger, action(at, fault));
     let smtp = SmtpServer::start(script).await.map_err(|e| e.to_string())?;
@@ -252,6 +266,9 @@ async fn run_cell(at: At, fault: Fault) -> Result<(), String> {
         .await
         .map_err(|_| format!("no report within {CELL_LIMIT:?}"))?;
     smtp.wait_for_sessions(1, Duration::from_secs(5)).await;
+    if at == At::MidBodyTls && !smtp.sessions().first().is_some_and(|s| s.tls) {
+        return Err("the primary session did not use TLS".to_owned());
+    }
     if at == At::StartTls {
         let sessions = smtp.sessions();
         let asked = sessions
@@ -320,6 +337,7 @@ fn delivery(dns: &DnsServer, port: u16, authenticate: bool) -> Delivery {
         connect_timeout: Duration::from_secs(5),
         timeouts: Timeouts {
             data_block: WRITE_TIMEOUT,
+            data_end: DATA_END_TIMEOUT,
             ..Timeouts::uniform(STEP_TIMEOUT)
         },
         ..ConnectionConfig::default()
@@ -353,6 +371,7 @@ async fn fault_matrix() {
         At::Rcpt,
         At::Data,
         At::MidBody,
+        At::MidBodyTls,
         At::DataEnd,
         At::Quit,
     ];

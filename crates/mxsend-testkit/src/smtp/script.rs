@@ -61,6 +61,8 @@ pub struct Script {
     pub(crate) auth: Option<(String, String)>,
     /// The texts of the two LOGIN challenges.
     pub(crate) login_challenges: [String; 2],
+    /// The socket receive buffer of each connection, when fixed.
+    pub(crate) receive_buffer: Option<u32>,
 }
 
 /// How the server uses TLS.
@@ -95,7 +97,18 @@ impl Script {
             extensions_after_tls: None,
             auth: None,
             login_challenges: ["VXNlcm5hbWU6".to_owned(), "UGFzc3dvcmQ6".to_owned()],
+            receive_buffer: None,
         }
+    }
+
+    /// Fixes the socket receive buffer of every connection at `bytes`
+    /// (the kernel may double it), which also turns off the kernel's
+    /// autotuning. A client can then get at most about its own send
+    /// buffer ahead of what the server has read, so a [`Point::Body`]
+    /// rule acts while a large message is still being written.
+    pub fn receive_buffer(mut self, bytes: u32) -> Self {
+        self.receive_buffer = Some(bytes);
+        self
     }
 
     /// Offers STARTTLS with this server configuration: the EHLO reply
