@@ -853,14 +853,15 @@ impl Connection {
                 }
                 self.session.handle_input(bytes);
             }
-            Ok(Err(source)) => {
+            // A reset, or over TLS a close without close_notify, ends the
+            // connection as an end of file does. The session then reports
+            // each recipient by where it stood: uncertain after the final
+            // dot (RFC 5321 section 6.1), deferred before it. Returning the
+            // error here instead would drop that report, and an uncertain
+            // recipient would be sent again.
+            Ok(Err(error)) => {
+                debug!(address = %self.address, %phase, %error, "connection lost while reading");
                 self.session.handle_eof();
-                self.drain_events();
-                return Err(ConnectionError::Io {
-                    address: self.address,
-                    phase,
-                    source,
-                });
             }
         }
         Ok(())
@@ -896,7 +897,14 @@ impl Connection {
             trace!(address = %self.address, sent = %String::from_utf8_lossy(bytes).trim_end(), "commands");
         }
         let phase = self.session.phase();
-        match tokio::time::timeout(self.data_block_timeout, self.stream.write_all(bytes)).await {
+        // Over TLS, write_all can return with records still buffered when
+        // the socket is full; the flush sends them, so a final dot never
+        // waits unsent while the session waits for its reply.
+        let written = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(self.data_block_timeout, written).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(source)) => Err(ConnectionError::Io {
                 address: self.address,
