@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mxsend::queue::{
-    ClaimOwner, NewMessage, QueueRunner, QueueSettings, RecipientState, RetrySchedule, RunMode,
-    SqliteStore, Store, StoreError, now_millis,
+    ClaimOwner, NewMessage, QueueRunner, QueueSettings, RecipientState, RecipientUpdate,
+    RetrySchedule, RunMode, SqliteStore, Store, StoreError, now_millis,
 };
 use mxsend::{ConnectionConfig, Delivery, DeliveryConfig, MxResolver, ResolverSettings, Route};
 use mxsend_testkit::{Action, Point, Script, SmtpServer};
@@ -366,6 +366,42 @@ async fn delay_warning_is_sent_once() {
         RecipientState::Deferred
     );
     server.shutdown().await;
+}
+
+/// A claim takes only the recipients it leases. One deliverer process
+/// uses one token for all its claims, so a recipient still leased to a
+/// delivery in progress must not come back with a later claim of the same
+/// message, or it is sent twice.
+#[test]
+fn claim_skips_recipients_leased_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let now = now_millis();
+    let id = store
+        .enqueue(&message(&["a@example.net", "b@example.org"]), now)
+        .unwrap();
+    let owner = ClaimOwner {
+        pid: std::process::id(),
+        token: 11,
+        lease_millis: 3_600_000,
+    };
+    let first = store.claim_due(now, 10, &owner, None).unwrap();
+    assert_eq!(first[0].recipients.len(), 2);
+
+    // b is deferred and due again at once while a's delivery still runs.
+    let deferral = RecipientUpdate {
+        index: 1,
+        state: RecipientState::Deferred,
+        reply: "451 4.3.0 try again".to_owned(),
+        next_attempt: now,
+    };
+    store.record(&id, &[deferral], &[], now).unwrap();
+    let second = store.claim_due(now, 10, &owner, None).unwrap();
+    let indexes: Vec<u32> = second
+        .iter()
+        .flat_map(|claim| claim.recipients.iter().map(|r| r.index))
+        .collect();
+    assert_eq!(indexes, [1], "{second:?}");
 }
 
 #[tokio::test]

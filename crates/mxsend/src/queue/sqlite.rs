@@ -463,34 +463,37 @@ impl Store for SqliteStore {
         };
         let mut claims = Vec::with_capacity(ids.len());
         for id in ids {
+            // Only the rows this statement leased belong to the claim. The
+            // token is the same for every claim of this process, so reading
+            // the rows back by token would also take recipients leased to a
+            // delivery still in progress, and send them twice.
             let sql = format!(
                 "UPDATE recipients SET lease_pid = ?2, lease_token = ?3, lease_until = ?4
                  WHERE message_id = ?1 AND state IN {PENDING} AND lease_pid IS NULL
-                   AND next_attempt <= ?5"
+                   AND next_attempt <= ?5
+                 RETURNING idx"
             );
-            transaction
-                .execute(
-                    &sql,
-                    params![
-                        id,
-                        owner.pid,
-                        owner.token,
-                        now.saturating_add(owner.lease_millis),
-                        now
-                    ],
-                )
-                .map_err(|e| self.error(e))?;
             let claimed: Vec<i64> = {
                 let mut statement = transaction
-                    .prepare_cached(
-                        "SELECT idx FROM recipients WHERE message_id = ?1 AND lease_token = ?2",
-                    )
+                    .prepare_cached(&sql)
                     .map_err(|e| self.error(e))?;
                 let rows = statement
-                    .query_map(params![id, owner.token], |row| row.get(0))
+                    .query_map(
+                        params![
+                            id,
+                            owner.pid,
+                            owner.token,
+                            now.saturating_add(owner.lease_millis),
+                            now
+                        ],
+                        |row| row.get(0),
+                    )
                     .map_err(|e| self.error(e))?;
                 rows.collect::<Result<_, _>>().map_err(|e| self.error(e))?
             };
+            if claimed.is_empty() {
+                continue;
+            }
             let Some(message) = self.message_row(&transaction, &id)? else {
                 continue;
             };
