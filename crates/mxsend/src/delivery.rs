@@ -211,6 +211,9 @@ const MAX_IDLE_PER_SERVER: usize = 4;
 /// kept connection for each of them and stop greeting new ones.
 const MAX_IDLE_TOTAL: usize = 32;
 
+/// Time [`Delivery::close_idle`] waits for the replies to QUIT.
+const CLOSE_IDLE_LIMIT: Duration = Duration::from_secs(30);
+
 /// A server address, with the exchanger name used for it when TLS
 /// verification depends on that name. Without verification, every domain
 /// whose exchanger has that address shares its connections, as Postfix's
@@ -347,11 +350,27 @@ impl Delivery {
 
     /// Sends QUIT on every idle connection and closes it.
     pub async fn close_idle(&self) {
+        self.close_idle_within(CLOSE_IDLE_LIMIT).await;
+    }
+
+    /// Sends QUIT on every kept connection at once and waits at most
+    /// `limit` for the replies. Connections still waiting then are closed
+    /// without them, so a server that never answers QUIT cannot hold up a
+    /// shutdown.
+    pub async fn close_idle_within(&self, limit: Duration) {
         let Some(pool) = &self.pool else {
             return;
         };
+        let mut quits = tokio::task::JoinSet::new();
         for connection in pool.drain() {
-            let _ = connection.quit().await;
+            quits.spawn(connection.quit());
+        }
+        let all = async { while quits.join_next().await.is_some() {} };
+        if tokio::time::timeout(limit, all).await.is_err() {
+            debug!(
+                ?limit,
+                "closing kept connections without waiting for QUIT replies"
+            );
         }
     }
 

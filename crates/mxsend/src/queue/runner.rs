@@ -240,8 +240,11 @@ impl QueueRunner {
         shutdown: impl Future<Output = ()>,
     ) -> Result<RunSummary, StoreError> {
         let result = self.run_until_done(mode, shutdown).await;
-        // Connections kept for reuse get their QUIT before the run ends.
-        self.delivery.close_idle().await;
+        // Connections kept for reuse get their QUIT before the run ends,
+        // within the grace that a shutdown allows.
+        self.delivery
+            .close_idle_within(self.settings.shutdown_grace)
+            .await;
         result
     }
 
@@ -811,14 +814,17 @@ async fn deliver_job(
     content: Arc<[u8]>,
     policy: DataPolicy,
 ) -> JobOutput {
-    let _global = global
-        .acquire_owned()
-        .await
-        .map_err(|_| "delivery limit closed".to_owned())?;
+    // The destination's slot first: a job that waits for a busy
+    // destination must not hold one of the global slots meanwhile, or a
+    // slow domain holds up mail to every other one.
     let _destination = destination
         .acquire_owned()
         .await
         .map_err(|_| "destination limit closed".to_owned())?;
+    let _global = global
+        .acquire_owned()
+        .await
+        .map_err(|_| "delivery limit closed".to_owned())?;
     started.store(true, Ordering::SeqCst);
     let sender = match sender {
         Some(text) => {
