@@ -10,6 +10,7 @@ use std::process::Stdio;
 
 use mail_parser::MessageParser;
 use mxsend::proto::Address;
+use mxsend::proto::data::{DataEncoder, DataError, DataPolicy};
 use mxsend::queue::{NewMessage, QueueRunner, RunMode, now_millis};
 
 use crate::args::ServiceArgs;
@@ -312,6 +313,8 @@ fn parse_address(text: &str, origin: &str, domain: &str) -> Result<Address, Fail
 
 /// Works out the envelope and completes the header section.
 fn prepare(content: Vec<u8>, options: &Options, service: &Service) -> Result<NewMessage, Failure> {
+    // Checked on the input as given, so that line numbers match it.
+    check_line_lengths(&content)?;
     let domain = &service.qualify_domain;
     let content = strip_mbox_separator(content);
     let header_end = header_section_end(&content);
@@ -378,6 +381,37 @@ fn prepare(content: Vec<u8>, options: &Options, service: &Service) -> Result<New
         sender: sender.map(|a| a.to_string()),
         recipients: recipients.iter().map(ToString::to_string).collect(),
         content,
+    })
+}
+
+/// Rejects a message with a line that SMTP cannot carry (RFC 5321 section
+/// 4.5.3.1.6). Accepted, it would fail at every server, and so would the
+/// bounce that copies the line, which leaves the sender without word;
+/// rejected now, the caller sees the error.
+fn check_line_lengths(content: &[u8]) -> Result<(), Failure> {
+    let mut encoder = DataEncoder::new(DataPolicy::default());
+    let mut sink = Vec::new();
+    let mut checked = Ok(());
+    for chunk in content.chunks(64 * 1024) {
+        checked = encoder.encode(chunk, &mut sink);
+        sink.clear();
+        if checked.is_err() {
+            break;
+        }
+    }
+    if checked.is_ok() {
+        checked = encoder.finish(&mut sink);
+    }
+    checked.map_err(|error| {
+        let message = match error {
+            DataError::LineTooLong { line, limit, .. } => format!(
+                "message not queued: line {line} is longer than {limit} octets, the maximum of \
+                 SMTP (RFC 5321 section 4.5.3.1.6); encode the message with shorter lines, for \
+                 example as quoted-printable"
+            ),
+            other => format!("message not queued: {other}"),
+        };
+        Failure::new(exit::DATA_ERROR, message)
     })
 }
 

@@ -7,6 +7,8 @@
 //! `<>` (RFC 5321 section 4.5.5), so that a notification that cannot be
 //! delivered never causes another one.
 
+use mxsend_proto::data::DEFAULT_MAX_LINE_LENGTH;
+
 use super::{Millis, NewMessage, QueueId};
 
 /// What a notification reports for a recipient (RFC 3464 section 2.3.3).
@@ -163,9 +165,29 @@ pub fn build(
         &mut text,
         "Content-Description: Undelivered Message Headers",
     );
+    // Copied as they are, 8-bit octets or a line over 998 octets would
+    // make the bounce as undeliverable as the message it reports, and
+    // its failure would reach nobody, since bounces go from the null
+    // sender. Quoted-printable keeps the copy 7-bit with short lines
+    // (RFC 2045 section 6.7).
+    let headers = header_section_crlf(original.content);
+    let needs_encoding = headers.iter().any(|&octet| octet >= 0x80)
+        || headers
+            .split(|&octet| octet == b'\n')
+            .any(|line| line.len() > DEFAULT_MAX_LINE_LENGTH + 1);
+    if needs_encoding {
+        push_line(&mut text, "Content-Transfer-Encoding: quoted-printable");
+    }
     push_line(&mut text, "");
     let mut content = text.into_bytes();
-    content.extend_from_slice(&header_section_crlf(original.content));
+    if needs_encoding {
+        content.extend_from_slice(&quoted_printable::encode(&headers));
+        if !content.ends_with(b"\r\n") {
+            content.extend_from_slice(b"\r\n");
+        }
+    } else {
+        content.extend_from_slice(&headers);
+    }
     content.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
 
     Some(NewMessage {
@@ -381,6 +403,58 @@ mod tests {
             !text.replace("\r\n", "").contains('\n'),
             "bare LF in {text}"
         );
+    }
+
+    /// Headers with 8-bit octets or a line over 998 octets go into the
+    /// bounce as quoted-printable, so the bounce itself stays 7-bit with
+    /// short lines and can reach the sender through any server.
+    #[test]
+    fn unsendable_headers_copied_as_quoted_printable() {
+        let id = QueueId::parse("00000000000000ab").unwrap();
+        let long = format!(
+            "From: a@x.test\r\nSubject: {}\r\n\r\nbody\r\n",
+            "s".repeat(1200)
+        );
+        let eight_bit = "From: a@x.test\r\nSubject: Grüße\r\n\r\nbody\r\n".to_owned();
+        for content in [long, eight_bit] {
+            let dsn = build(
+                original(&id, "a@x.test", content.as_bytes()),
+                &[failed("b@y.test")],
+                "mta.x.test",
+                0,
+                None,
+            )
+            .unwrap();
+            assert!(dsn.content.is_ascii(), "8-bit octets in the bounce");
+            let longest = dsn
+                .content
+                .split(|&octet| octet == b'\n')
+                .map(<[u8]>::len)
+                .max()
+                .unwrap_or(0);
+            assert!(longest <= 999, "a line of {longest} octets");
+            let text = String::from_utf8(dsn.content).unwrap();
+            assert!(
+                text.contains("Content-Transfer-Encoding: quoted-printable\r\n"),
+                "{text}"
+            );
+            let part = text
+                .split("Undelivered Message Headers\r\n")
+                .nth(1)
+                .unwrap();
+            let encoded = part.split("\r\n--").next().unwrap();
+            let decoded = quoted_printable::decode(
+                encoded.trim_start_matches("Content-Transfer-Encoding: quoted-printable\r\n\r\n"),
+                quoted_printable::ParseMode::Strict,
+            )
+            .unwrap();
+            let headers = content.split("\r\n\r\n").next().unwrap();
+            assert_eq!(
+                String::from_utf8(decoded).unwrap().trim_end(),
+                headers,
+                "the headers do not decode back"
+            );
+        }
     }
 
     #[test]
