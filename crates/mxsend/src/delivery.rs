@@ -355,7 +355,7 @@ impl Delivery {
 
     /// Sends QUIT on every kept connection at once and waits at most
     /// `limit` for the replies. Connections still waiting then are closed
-    /// without them, so a server that never answers QUIT cannot hold up a
+    /// without them, so a server that never replies to QUIT cannot hold up a
     /// shutdown.
     pub async fn close_idle_within(&self, limit: Duration) {
         let Some(pool) = &self.pool else {
@@ -640,70 +640,112 @@ impl Delivery {
             None => text,
         };
 
-        let session_error = connection
-            .session_result()
-            .and_then(|result| result.as_ref().err())
-            .map(ToString::to_string);
-        let nothing_sent = transaction.recipients.iter().all(|r| r.refused_locally);
-        // The local refusal of the whole message, which names what the
-        // server lacks, for the attempt's summary.
-        let local_refusal = transaction
-            .recipients
-            .first()
-            .filter(|_| nothing_sent)
-            .and_then(|r| r.reply.as_ref())
-            .map(ToString::to_string);
+        let mut connection = connection;
+        let mut transaction = transaction;
+        // The recipients of the current transaction, and those that stay
+        // pending for the next exchanger.
+        let mut round: Vec<(usize, Address)> = std::mem::take(pending);
         let mut still_pending = Vec::new();
-        for ((index, address), status) in pending.drain(..).zip(transaction.recipients) {
-            if transaction.interrupted && status.outcome == Outcome::Deferred {
-                still_pending.push((index, address));
-                continue;
+        let summary = loop {
+            let session_error = connection
+                .session_result()
+                .and_then(|result| result.as_ref().err())
+                .map(ToString::to_string);
+            let nothing_sent = transaction.recipients.iter().all(|r| r.refused_locally);
+            // The local refusal of the whole message, which names what the
+            // server lacks, for the attempt's summary.
+            let local_refusal = transaction
+                .recipients
+                .first()
+                .filter(|_| nothing_sent)
+                .and_then(|r| r.reply.as_ref())
+                .map(ToString::to_string);
+            let mut over_limit = Vec::new();
+            let mut delivered = 0;
+            for ((index, address), status) in round.drain(..).zip(transaction.recipients) {
+                if transaction.interrupted && status.outcome == Outcome::Deferred {
+                    still_pending.push((index, address));
+                    continue;
+                }
+                let reason = match (&status.reply, &session_error) {
+                    (Some(reply), _) => reply.to_string(),
+                    (None, Some(error)) => error.clone(),
+                    (None, None) => "no reply".to_owned(),
+                };
+                let reason = if status.outcome == Outcome::Uncertain {
+                    format!("{reason}; the message may have been delivered")
+                } else if status.refused_locally {
+                    format!("{reason} (decided by mxsend before sending)")
+                } else {
+                    reason
+                };
+                results.insert(
+                    index,
+                    RecipientReport {
+                        address: address.to_string(),
+                        outcome: status.outcome,
+                        reply: status.reply.as_ref().map(ReplySummary::from),
+                        local: status.refused_locally,
+                        reason,
+                        host: Some(host.to_owned()),
+                        server: Some(server),
+                        no_such_domain: false,
+                    },
+                );
+                let over = status.outcome == Outcome::Deferred
+                    && status.rcpt_reply.as_ref().is_some_and(|r| r.code() == 452);
+                if status.outcome == Outcome::Delivered {
+                    delivered += 1;
+                } else if over {
+                    over_limit.push((index, address));
+                } else if status.outcome == Outcome::Deferred || status.refused_locally {
+                    // A 4yz reply is not final: the next exchanger may accept
+                    // the recipient (C-TX-03). Nor is a local refusal for a
+                    // missing extension, since another exchanger may offer it
+                    // (C-8B-04). Nothing was accepted for it here, so sending
+                    // it again cannot duplicate the message.
+                    still_pending.push((index, address));
+                }
             }
-            let reason = match (&status.reply, &session_error) {
-                (Some(reply), _) => reply.to_string(),
-                (None, Some(error)) => error.clone(),
-                (None, None) => "no reply".to_owned(),
-            };
-            let reason = if status.outcome == Outcome::Uncertain {
-                format!("{reason}; the message may have been delivered")
-            } else if status.refused_locally {
-                format!("{reason} (decided by mxsend before sending)")
-            } else {
-                reason
-            };
-            results.insert(
-                index,
-                RecipientReport {
-                    address: address.to_string(),
-                    outcome: status.outcome,
-                    reply: status.reply.as_ref().map(ReplySummary::from),
-                    local: status.refused_locally,
-                    reason,
-                    host: Some(host.to_owned()),
-                    server: Some(server),
-                    no_such_domain: false,
+
+            let summary = match (&transaction.final_reply, &session_error) {
+                (_, Some(error)) => format!("session failed: {error}"),
+                (Some(reply), None) => reply.to_string(),
+                (None, None) if nothing_sent => match local_refusal {
+                    Some(refusal) => format!("message not sent: {refusal}"),
+                    None => "message not sent: the server lacks an extension it needs".to_owned(),
                 },
-            );
-            // A 4yz reply is not final: the next exchanger may accept the
-            // recipient (C-TX-03). Nor is a local refusal for a missing
-            // extension, since another exchanger may offer it (C-8B-04).
-            // Nothing was accepted for it here, so sending it again cannot
-            // duplicate the message.
-            if status.outcome == Outcome::Deferred || status.refused_locally {
-                still_pending.push((index, address));
+                (None, None) => "no recipient accepted".to_owned(),
+            };
+            // C-TX-02, RFC 5321 section 4.5.3.1.10: a server that takes only
+            // so many recipients in one transaction replies 452 to the rest.
+            // They go in the next transaction on this connection, as long
+            // as each transaction delivers to someone.
+            if over_limit.is_empty() || delivered == 0 || !connection.is_usable() {
+                still_pending.extend(over_limit);
+                break summary;
             }
-        }
+            debug!(
+                %server,
+                rest = over_limit.len(),
+                "server took part of the recipients; sending to the rest in another transaction"
+            );
+            let recipients: Vec<Address> = over_limit.iter().map(|(_, a)| a.clone()).collect();
+            let sent = connection.send(message, &recipients).await;
+            append_transcript(report, server, &mut connection);
+            match sent {
+                Ok(next) => {
+                    round = over_limit;
+                    transaction = next;
+                }
+                Err(error) => {
+                    still_pending.extend(over_limit);
+                    break format!("{summary}; then: {}", error_chain(&error));
+                }
+            }
+        };
         *pending = still_pending;
 
-        let summary = match (&transaction.final_reply, &session_error) {
-            (_, Some(error)) => format!("session failed: {error}"),
-            (Some(reply), None) => reply.to_string(),
-            (None, None) if nothing_sent => match local_refusal {
-                Some(refusal) => format!("message not sent: {refusal}"),
-                None => "message not sent: the server lacks an extension it needs".to_owned(),
-            },
-            (None, None) => "no recipient accepted".to_owned(),
-        };
         let summary = match connection.tls_description() {
             Some(tls) => format!("{summary} ({tls})"),
             None => format!("{summary} (no TLS)"),

@@ -885,6 +885,68 @@ async fn rcpt_4xx_defers_that_recipient() {
     .await;
 }
 
+// C-TX-02 (RFC 5321 section 4.5.3.1.10): a server that takes two
+// recipients per transaction answers the third and fourth 452. They go in a
+// second transaction on the same connection, and every recipient gets one
+// copy.
+#[tokio::test]
+async fn recipients_over_server_limit_go_in_next_transaction() {
+    bounded(async {
+        let too_many = Action::reply("452 4.5.3 Error: too many recipients");
+        let script = Script::new()
+            .on(Point::Rcpt.nth(3), too_many.clone())
+            .on(Point::Rcpt.nth(4), too_many);
+        let (_dns, smtp, delivery) = peers(one_exchanger("limit.test"), script).await;
+        let recipients = [
+            "a@limit.test",
+            "b@limit.test",
+            "c@limit.test",
+            "d@limit.test",
+        ];
+
+        let report = delivery.deliver(&message(&recipients, BODY).await).await;
+        for recipient in &report.recipients {
+            assert_eq!(recipient.outcome, Outcome::Delivered, "{report:?}");
+        }
+        let sessions = ended_sessions(&smtp, 1).await;
+        assert_eq!(sessions.len(), 1, "one connection for both transactions");
+        let stored = smtp.messages();
+        assert_eq!(stored.len(), 2);
+        assert_eq!(stored[0].rcpt_to, ["a@limit.test", "b@limit.test"]);
+        assert_eq!(stored[1].rcpt_to, ["c@limit.test", "d@limit.test"]);
+    })
+    .await;
+}
+
+// A 452 to every recipient delivers nothing, so no second transaction
+// follows: the recipients stay deferred and the attempt ends.
+#[tokio::test]
+async fn recipients_all_over_limit_stay_deferred() {
+    bounded(async {
+        let script = Script::new().on(
+            Point::Rcpt,
+            Action::reply("452 4.5.3 Error: too many recipients"),
+        );
+        let (_dns, smtp, delivery) = peers(one_exchanger("full.test"), script).await;
+
+        let report = delivery
+            .deliver(&message(&["a@full.test", "b@full.test"], BODY).await)
+            .await;
+        for recipient in &report.recipients {
+            assert_eq!(recipient.outcome, Outcome::Deferred, "{report:?}");
+        }
+        let sessions = ended_sessions(&smtp, 1).await;
+        let mails = sessions[0]
+            .commands
+            .iter()
+            .filter(|c| c.starts_with("MAIL "))
+            .count();
+        assert_eq!(mails, 1, "{:?}", sessions[0].commands);
+        assert!(smtp.messages().is_empty());
+    })
+    .await;
+}
+
 // C-TX-03 (RFC 5321 section 4.2.1, Postfix practice): a recipient deferred
 // by one exchanger is tried at the next one, which gets a transaction for
 // that recipient alone.
