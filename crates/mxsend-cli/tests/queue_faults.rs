@@ -411,3 +411,58 @@ async fn slow_domain_leaves_slot_for_others() {
         "b@fast.test waited {took:?} behind the slow domain with one of two slots free"
     );
 }
+
+/// SIGTERM while one delivery waits for the reply to its final dot and a
+/// second message waits for the one delivery slot: when the grace runs
+/// out, the cut delivery is uncertain, and the message that never reached
+/// a server is given back as it was, not marked uncertain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_releases_jobs_that_never_started() {
+    let server = SmtpServer::start(Script::new().on(Point::DataEnd, Action::Hang))
+        .await
+        .unwrap();
+    let folder = relay(
+        server.addr().port(),
+        "[daemon]\nconcurrency = 1\npoll_interval = \"100ms\"\nshutdown_grace = \"500ms\"\n",
+    );
+    for recipient in ["first@example.net", "second@example.net"] {
+        folder
+            .submit(
+                &["sendmail", "-f", "sender@client.test", recipient],
+                b"Subject: cut\n\nbody\n",
+            )
+            .await;
+    }
+    let daemon = folder.daemon();
+    let in_data = wait_until(Duration::from_secs(20), || {
+        server
+            .sessions()
+            .iter()
+            .any(|s| s.commands.iter().any(|c| c == "DATA"))
+    })
+    .await;
+    assert!(in_data, "no delivery reached DATA: {}", folder.log());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    terminate(&daemon).await;
+    let ended = tokio::time::timeout(Duration::from_secs(30), daemon.wait_with_output()).await;
+    assert!(ended.is_ok(), "the daemon did not stop: {}", folder.log());
+
+    let states: Vec<(String, RecipientState, u32)> = folder
+        .store()
+        .list(true)
+        .unwrap()
+        .iter()
+        .flat_map(|m| m.recipients.clone())
+        .map(|r| (r.address, r.state, r.attempts))
+        .collect();
+    let sessions = server.sessions().len();
+    assert_eq!(sessions, 1, "{states:?}");
+    let cut = states
+        .iter()
+        .filter(|(_, state, _)| *state == RecipientState::Uncertain);
+    assert_eq!(cut.count(), 1, "{states:?}\n{}", folder.log());
+    let waiting = states
+        .iter()
+        .filter(|(_, state, attempts)| *state == RecipientState::Queued && *attempts == 0);
+    assert_eq!(waiting.count(), 1, "{states:?}\n{}", folder.log());
+}

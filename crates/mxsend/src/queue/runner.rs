@@ -708,9 +708,29 @@ impl QueueRunner {
         summary: &mut RunSummary,
     ) {
         tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
+        // A task that finished before the abort keeps its result; only the
+        // cut ones are abandoned.
+        while let Some(joined) = tasks.join_next_with_id().await {
+            if joined.is_ok() {
+                self.finish(joined, jobs, summary, None);
+            }
+        }
         let now = now_millis();
         for (_, job) in jobs.drain() {
+            if !job.started.load(Ordering::SeqCst) {
+                // Still waiting for a delivery slot: nothing was sent, so
+                // the recipients are only given back.
+                let indexes: Vec<u32> = job.recipients.iter().map(|r| r.index).collect();
+                if let Err(error) = self
+                    .store
+                    .release(&job.claim.id, &indexes, self.owner.token)
+                {
+                    self.emit(QueueEvent::StoreFailed {
+                        error: error.to_string(),
+                    });
+                }
+                continue;
+            }
             let mut updates = Vec::new();
             let mut addresses = Vec::new();
             for recipient in &job.recipients {
