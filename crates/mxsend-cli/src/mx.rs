@@ -36,7 +36,13 @@ pub async fn run(args: &MxArgs) -> Result<u8, Failure> {
             return Err(failure);
         }
     };
-    let own = OwnHost::find(&plan, &args.own_addresses);
+    let mut own_addresses: Vec<IpAddr> = Vec::with_capacity(args.own_addresses.len());
+    for ip in &args.own_addresses {
+        if !own_addresses.contains(ip) {
+            own_addresses.push(*ip);
+        }
+    }
+    let own = OwnHost::find(&plan, &own_addresses);
     let loop_error = own.loop_error(&plan);
     if args.json {
         // Without --own-address the document is the plan alone, so scripts
@@ -243,6 +249,16 @@ fn own_host_summary(plan: &MxPlan, own: &OwnHost<'_>) -> String {
         if own.loops_back(plan) {
             return format!(
                 "this host is {name} (preference {preference}) and no exchanger is preferred to it"
+            );
+        }
+        let usable = plan
+            .hosts
+            .iter()
+            .any(|host| !own.drops(host) && !host.addresses.is_empty());
+        if !usable {
+            return format!(
+                "this host is {name} (preference {preference}), and no exchanger preferred to it \
+                 has an address, so delivery would defer until one has"
             );
         }
         return format!(

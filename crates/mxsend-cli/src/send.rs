@@ -59,6 +59,13 @@ pub async fn send_content(content: Vec<u8>, args: &SendArgs) -> Result<DeliveryR
     let input = input::prepare(content, &envelope)?;
     let mut config = delivery_config(args)?;
     apply_security(&mut config.connection, &args.security, args.reply_timeout).await?;
+    if !args.binarymime && declares_binary(&input.content) {
+        eprintln!(
+            "mxsend: warning: the message declares Content-Transfer-Encoding: binary but goes \
+             as text, with every line break made CRLF; send it with --binarymime to keep it \
+             octet for octet"
+        );
+    }
     let message = if args.binarymime {
         check_binary_header(&input.content)?;
         Message::from_binary_bytes(input.sender, input.recipients, input.content).await
@@ -281,6 +288,20 @@ fn default_helo_name() -> Option<String> {
         return None;
     }
     SessionConfig::new(name).ok().map(|_| name.to_owned())
+}
+
+/// Whether a header field of the message or of one of its MIME parts
+/// declares `Content-Transfer-Encoding: binary` (RFC 2045 section 6.2).
+fn declares_binary(content: &[u8]) -> bool {
+    const FIELD: &[u8] = b"content-transfer-encoding:";
+    content
+        .split(|&octet| octet == b'\n')
+        .filter(|line| line.len() >= FIELD.len() && line[..FIELD.len()].eq_ignore_ascii_case(FIELD))
+        .any(|line| {
+            String::from_utf8_lossy(&line[FIELD.len()..])
+                .trim()
+                .eq_ignore_ascii_case("binary")
+        })
 }
 
 /// Checks that the header section of a `--binarymime` message ends every

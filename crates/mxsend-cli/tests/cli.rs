@@ -436,7 +436,9 @@ async fn start_own_host_dns() -> DnsServer {
         .a("primary.own.test", Ipv4Addr::LOCALHOST)
         .a("self.own.test", Ipv4Addr::new(127, 0, 0, 2))
         .a("backup.own.test", Ipv4Addr::LOCALHOST)
-        .a("plain.test", Ipv4Addr::LOCALHOST);
+        .a("plain.test", Ipv4Addr::LOCALHOST)
+        .mx("gone.test", 5, "missing.gone.test")
+        .mx("gone.test", 10, "self.own.test");
     DnsServer::start(zone).await.expect("start DNS server")
 }
 
@@ -621,7 +623,24 @@ async fn mx_own_address_marks_dropped() {
     ];
     assert_eq!(text(&output.stdout).lines().collect::<Vec<_>>(), expected);
 
-    let output = run(mx(&["--json", "--own-address", OWN_ADDRESS, "own.test"])).await;
+    // The only exchanger preferred to this host has no address.
+    let output = run(mx(&["--own-address", OWN_ADDRESS, "gone.test"])).await;
+    assert_eq!(status(&output), 0, "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert!(
+        stdout.contains("no exchanger preferred to it has an address, so delivery would defer"),
+        "{stdout}"
+    );
+
+    let output = run(mx(&[
+        "--json",
+        "--own-address",
+        OWN_ADDRESS,
+        "--own-address",
+        OWN_ADDRESS,
+        "own.test",
+    ]))
+    .await;
     assert_eq!(status(&output), 0, "{}", text(&output.stderr));
     let plan: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON plan");
     let hosts = plan["hosts"].as_array().expect("hosts");
@@ -778,8 +797,19 @@ async fn send_binarymime_sends_octet_for_octet() {
     assert!(stored[0].data == message, "the stored message differs");
     assert!(stored[0].mail_params.contains("BODY=BINARYMIME"));
 
+    assert!(
+        !text(&output.stderr).contains("warning"),
+        "{}",
+        text(&output.stderr)
+    );
+
     let output = send(&["--to", "bob@example.net"], &dns, &smtp, &message).await;
     assert_eq!(status(&output), 65);
+    assert!(
+        text(&output.stderr).contains("declares Content-Transfer-Encoding: binary"),
+        "the user is warned: {}",
+        text(&output.stderr)
+    );
     assert!(
         text(&output.stderr).contains("--binarymime"),
         "the error points at the option: {}",
