@@ -385,9 +385,9 @@ fn prepare(content: Vec<u8>, options: &Options, service: &Service) -> Result<New
 }
 
 /// Rejects a message with a line that SMTP cannot carry (RFC 5321 section
-/// 4.5.3.1.6). Accepted, it would fail at every server, and so would the
-/// bounce that copies the line, which leaves the sender without word;
-/// rejected now, the caller sees the error.
+/// 4.5.3.1.6). Once queued, such a message fails at every server. The
+/// bounce that copies the line fails too, so the sender would never hear
+/// of it. Rejected now, the caller sees the error.
 fn check_line_lengths(content: &[u8]) -> Result<(), Failure> {
     let mut encoder = DataEncoder::new(DataPolicy::default());
     let mut sink = Vec::new();
