@@ -466,3 +466,46 @@ async fn shutdown_releases_jobs_that_never_started() {
         .filter(|(_, state, attempts)| *state == RecipientState::Queued && *attempts == 0);
     assert_eq!(waiting.count(), 1, "{states:?}\n{}", folder.log());
 }
+
+/// A delivery that runs longer than `daemon.lease` keeps its recipient:
+/// the daemon renews the lease while the session runs, so the recipient is
+/// neither marked uncertain nor sent a second copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_session_keeps_its_lease() {
+    let server = SmtpServer::start(Script::new().on(
+        Point::DataEnd.session(1),
+        Action::delay(
+            Duration::from_secs(4),
+            Action::reply("250 2.0.0 Ok: queued"),
+        ),
+    ))
+    .await
+    .unwrap();
+    let folder = relay(
+        server.addr().port(),
+        "[retry]\nfirst = \"1s\"\nmultiplier = 1.0\njitter = 0.0\n\
+         [daemon]\nlease = \"1500ms\"\npoll_interval = \"100ms\"\n",
+    );
+    folder
+        .submit(
+            &["sendmail", "-f", "sender@client.test", "rcpt@example.net"],
+            b"Subject: long\n\nbody\n",
+        )
+        .await;
+    let daemon = folder.daemon();
+    let delivered = wait_until(Duration::from_secs(20), || {
+        copies(&server, "rcpt@example.net") >= 1
+    })
+    .await;
+    // Room for a second copy, had the lease run out.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    terminate(&daemon).await;
+    let _ = tokio::time::timeout(Duration::from_secs(30), daemon.wait_with_output()).await;
+    assert!(delivered, "nothing delivered: {}", folder.log());
+    assert_eq!(copies(&server, "rcpt@example.net"), 1, "{}", folder.log());
+    let store = folder.store();
+    let message = &store.list(true).unwrap()[0];
+    let (_, history) = store.show(&message.id).unwrap();
+    let states: Vec<RecipientState> = history.iter().map(|entry| entry.state).collect();
+    assert_eq!(states, [RecipientState::Delivered], "{history:#?}");
+}

@@ -428,6 +428,15 @@ pub trait Store: Send + Sync {
     /// A write error.
     fn release(&self, id: &QueueId, indexes: &[u32], token: i64) -> Result<(), StoreError>;
 
+    /// Extends every lease held with `token` of process `pid` until
+    /// `until`, so that a delivery that runs longer than one lease is not
+    /// taken over while it still runs. Returns how many leases changed.
+    ///
+    /// # Errors
+    ///
+    /// A write error.
+    fn renew_leases(&self, pid: u32, token: i64, until: Millis) -> Result<usize, StoreError>;
+
     /// Makes pending recipients due at `now`: of one message, or of all.
     /// Returns how many recipients changed.
     ///

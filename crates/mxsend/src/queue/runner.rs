@@ -34,11 +34,10 @@ pub struct QueueSettings {
     /// domain, or the relay). Default 5, Postfix's
     /// `initial_destination_concurrency`.
     pub per_destination: usize,
-    /// How long a claim on a recipient lasts before the daemon takes the
-    /// recipient over as uncertain, should the claimant hang. Default 1 hour.
-    /// NOTE: a session that legitimately runs longer (a large message on a
-    /// slow link) has its recipients marked uncertain while it still runs.
-    /// Its own result is recorded when it ends, but a retry may start first.
+    /// How long a claim on a recipient lasts before another daemon takes
+    /// the recipient over as uncertain, should the claimant hang or die.
+    /// Default 1 hour. A running daemon renews the leases of its deliveries
+    /// every third of this time, so a long session keeps its recipients.
     pub lease: Duration,
     /// How long finished messages stay visible to `mxsend queue list --all`.
     /// Default 1 day.
@@ -259,6 +258,8 @@ impl QueueRunner {
         let mut stopping: Option<tokio::time::Instant> = None;
         let mut last_purge: Option<Millis> = None;
         let mut last_recovery: Option<Millis> = None;
+        let mut last_renewal: Millis = now_millis();
+        let lease_millis = millis(self.settings.lease);
         let poll_millis = millis(self.settings.poll_interval);
         // With a target, only it and the notifications it causes are
         // delivered; `None` means every due message.
@@ -276,6 +277,18 @@ impl QueueRunner {
         loop {
             let now = now_millis();
             let mut claimed_any = false;
+            if !jobs.is_empty() && now - last_renewal >= lease_millis / 3 {
+                last_renewal = now;
+                let until = now.saturating_add(lease_millis);
+                if let Err(error) = self
+                    .store
+                    .renew_leases(self.owner.pid, self.owner.token, until)
+                {
+                    self.emit(QueueEvent::StoreFailed {
+                        error: error.to_string(),
+                    });
+                }
+            }
             if stopping.is_none() {
                 if mode == RunMode::UntilShutdown
                     && last_recovery.is_none_or(|at| now - at >= poll_millis)

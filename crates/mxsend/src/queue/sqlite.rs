@@ -643,6 +643,15 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn renew_leases(&self, pid: u32, token: i64, until: Millis) -> Result<usize, StoreError> {
+        self.lock()
+            .execute(
+                "UPDATE recipients SET lease_until = ?3 WHERE lease_pid = ?1 AND lease_token = ?2",
+                params![pid, token, until],
+            )
+            .map_err(|e| self.error(e))
+    }
+
     fn schedule_now(&self, id: Option<&QueueId>, now: Millis) -> Result<usize, StoreError> {
         let connection = self.lock();
         if let Some(id) = id {
