@@ -18,6 +18,11 @@ use mxsend::queue::{NewMessage, QueueId, RecipientState, SqliteStore, Store};
 use mxsend_testkit::{Action, Point, Script, SmtpServer};
 use tokio::process::{Child, Command};
 
+#[path = "support/process.rs"]
+mod process;
+
+use process::{terminate, wait_until};
+
 /// Time allowed for one command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -136,30 +141,6 @@ fn status(output: &Output) -> i32 {
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Waits until `condition` holds, checking every 50 ms for at most
-/// `timeout`.
-async fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    condition()
-}
-
-/// Sends SIGTERM to a child with the `kill` command.
-async fn terminate(child: &Child) {
-    let pid = child.id().expect("child pid").to_string();
-    let status = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .expect("run kill");
-    assert!(status.success(), "kill -TERM {pid} failed");
 }
 
 /// Waits for a child for at most `timeout` and returns its output.

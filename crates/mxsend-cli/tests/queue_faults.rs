@@ -1,5 +1,6 @@
 //! The queue and the daemon against misbehaving servers: no recipient sent
-//! twice, no failure that reaches nobody, and a shutdown within its grace.
+//! twice, every failure reported to the sender, and a shutdown within its
+//! grace.
 //! Each test runs the real binary with a spool and a configuration in a
 //! temporary folder, and talks only to servers it starts on loopback.
 
@@ -11,6 +12,11 @@ use std::time::{Duration, Instant};
 use mxsend::queue::{RecipientState, SqliteStore, Store};
 use mxsend_testkit::{Action, DnsServer, Point, Script, SmtpServer, Zone};
 use tokio::process::{Child, Command};
+
+#[path = "support/process.rs"]
+mod process;
+
+use process::{terminate, wait_until};
 
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -112,27 +118,6 @@ impl Folder {
     fn store(&self) -> SqliteStore {
         SqliteStore::open(&self.spool(), None).expect("open the spool")
     }
-}
-
-async fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    condition()
-}
-
-async fn terminate(child: &Child) {
-    let pid = child.id().expect("child pid").to_string();
-    let status = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .expect("run kill");
-    assert!(status.success(), "kill -TERM {pid} failed");
 }
 
 /// Copies of all messages the server stored for `recipient`.
@@ -412,9 +397,9 @@ async fn slow_domain_leaves_slot_for_others() {
     );
 }
 
-/// SIGTERM while one delivery waits for the reply to its final dot and a
-/// second message waits for the one delivery slot: when the grace runs
-/// out, the cut delivery is uncertain, and the message that never reached
+/// SIGTERM comes while one delivery waits for the reply to its final dot
+/// and a second message waits for the one delivery slot. When the grace
+/// runs out, the cut delivery is uncertain. The message that never reached
 /// a server is given back as it was, not marked uncertain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_releases_jobs_that_never_started() {
@@ -486,6 +471,7 @@ async fn long_session_keeps_its_lease() {
         "[retry]\nfirst = \"1s\"\nmultiplier = 1.0\njitter = 0.0\n\
          [daemon]\nlease = \"1500ms\"\npoll_interval = \"100ms\"\n",
     );
+
     folder
         .submit(
             &["sendmail", "-f", "sender@client.test", "rcpt@example.net"],
@@ -497,12 +483,14 @@ async fn long_session_keeps_its_lease() {
         copies(&server, "rcpt@example.net") >= 1
     })
     .await;
+
     // Room for a second copy, had the lease run out.
     tokio::time::sleep(Duration::from_secs(3)).await;
     terminate(&daemon).await;
     let _ = tokio::time::timeout(Duration::from_secs(30), daemon.wait_with_output()).await;
     assert!(delivered, "nothing delivered: {}", folder.log());
     assert_eq!(copies(&server, "rcpt@example.net"), 1, "{}", folder.log());
+
     let store = folder.store();
     let message = &store.list(true).unwrap()[0];
     let (_, history) = store.show(&message.id).unwrap();
