@@ -290,7 +290,7 @@ fn default_helo_name() -> Option<String> {
     SessionConfig::new(name).ok().map(|_| name.to_owned())
 }
 
-/// Whether a header field of the message or of one of its MIME parts
+/// Returns whether a header field of the message or of one of its MIME parts
 /// declares `Content-Transfer-Encoding: binary` (RFC 2045 section 6.2).
 fn declares_binary(content: &[u8]) -> bool {
     const FIELD: &[u8] = b"content-transfer-encoding:";

@@ -763,7 +763,7 @@ async fn own_address_invalid_is_usage_error() {
     assert!(smtp.sessions().is_empty(), "no connection for bad input");
 }
 
-/// A binary MIME message: CRLF header section, then a body with a NUL, bare
+/// Builds a binary MIME message: CRLF header section, then a body with a NUL, bare
 /// CR and LF, a line that would end DATA and a line of 1,500 octets.
 fn binary_message() -> Vec<u8> {
     let mut message = b"From: alice@example.com\r\nTo: bob@example.net\r\n\

@@ -898,7 +898,7 @@ impl Connection {
         }
         let phase = self.session.phase();
         // Over TLS, write_all can return with records still buffered when
-        // the socket is full; the flush sends them, so a final dot never
+        // the socket is full. The flush sends them, so a final dot never
         // waits unsent while the session waits for its reply.
         let written = async {
             self.stream.write_all(bytes).await?;

@@ -141,7 +141,7 @@ impl MxPlan {
     }
 }
 
-/// Whether `ip` is one of `addresses`, comparing IPv4-mapped IPv6
+/// Returns whether `ip` is one of `addresses`, comparing IPv4-mapped IPv6
 /// addresses as the IPv4 addresses they carry.
 pub fn is_one_of(ip: IpAddr, addresses: &[IpAddr]) -> bool {
     let ip = ip.to_canonical();

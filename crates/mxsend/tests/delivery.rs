@@ -886,7 +886,7 @@ async fn rcpt_4xx_defers_that_recipient() {
 }
 
 // C-TX-02 (RFC 5321 section 4.5.3.1.10): a server that takes two
-// recipients per transaction answers the third and fourth 452. They go in a
+// recipients per transaction replies 452 to the third and fourth. They go in a
 // second transaction on the same connection, and every recipient gets one
 // copy.
 #[tokio::test]

@@ -434,6 +434,7 @@ async fn binary_content_sent_as_is_under_binarymime() {
     )
     .await
     .unwrap();
+
     let (report, session) = deliver(&peers, &message).await;
     assert_eq!(outcomes(&report), [Outcome::Delivered], "{report:?}");
     assert_eq!(
@@ -451,6 +452,7 @@ async fn binary_content_sent_as_is_under_binarymime() {
     assert_eq!(chunks.len(), 3, "{chunks:?}");
     assert!(chunks[2].ends_with(" LAST"), "{chunks:?}");
     assert!(!session.commands.iter().any(|c| c == "DATA"));
+
     let stored = peers.smtp.messages();
     assert!(stored[0].data == content, "the stored content differs");
 }
@@ -512,7 +514,8 @@ async fn bdat_chunks_of_text_are_one_mib() {
         .collect();
     let (last, full) = sizes.split_last().unwrap();
     assert_eq!(full, [1 << 20, 1 << 20], "{sizes:?}");
-    assert!(*last > 0 && *last <= 1 << 20, "{sizes:?}");
+    assert!(*last > 0, "{sizes:?}");
+    assert!(*last <= 1 << 20, "{sizes:?}");
 
     let expected: Vec<u8> = body
         .split(|&octet| octet == b'\n')

@@ -24,9 +24,9 @@ use mxsend_testkit::{Action, DnsServer, Point, Script, SmtpServer, TestCa, Zone}
 /// quickly, and still far above loopback round trips.
 const STEP_TIMEOUT: Duration = Duration::from_millis(700);
 /// Time each write may block, and time for the reply to the final dot.
-/// The `MidBody` cells send 16 MiB, which the backup, a debug build
-/// sharing two cores with every other cell, does not always read and
-/// answer within [`STEP_TIMEOUT`].
+/// The `MidBody` cells send 16 MiB. The backup, a debug build sharing two
+/// cores with every other cell, does not always read that much and reply
+/// within [`STEP_TIMEOUT`].
 const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 const DATA_END_TIMEOUT: Duration = Duration::from_secs(5);
 const CELL_LIMIT: Duration = Duration::from_secs(20);
@@ -121,9 +121,9 @@ fn expected_outcome(at: At, fault: Fault) -> (Outcome, Taken) {
         (At::DataEnd, Unsolicited) => (Delivered, Taken::Primary),
 
         // Nothing is due from the server in the middle of the content, so
-        // whatever it does there, even a 5xx, puts it out of step: the
+        // whatever it does there, even a 5xx, puts it out of step. The
         // client stops writing and never sends the final dot (C-REP-06),
-        // or a stalled write times out (RFC 5321 section 4.5.3.2.5). The
+        // or a stalled write times out (RFC 5321 section 4.5.3.2.5). So the
         // primary cannot have taken the message, and the backup gets it.
         (At::MidBody | At::MidBodyTls, _) => (Delivered, Taken::Backup),
 

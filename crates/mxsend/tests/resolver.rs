@@ -223,7 +223,7 @@ async fn ip_address_exchange_skipped() {
 }
 
 /// When the only exchanger is an IP address, the error keeps the reason,
-/// so `mxsend mx` and `send` say why instead of only "no address".
+/// so `mxsend mx` and `send` print why instead of only "no address".
 #[tokio::test]
 async fn only_ip_address_exchanger_names_reason() {
     let zone = Zone::new().mx("literal.test", 10, "127.0.0.1");

@@ -252,7 +252,7 @@ async fn verify_rejects_unknown_ca() {
 
 /// A self-signed certificate with CA:TRUE, trusted with --ca-file, is
 /// still no server certificate (RFC 5280 section 4.2.1.9), and the reason
-/// says so in words instead of a rustls debug name.
+/// states it in words instead of a rustls debug name.
 #[tokio::test]
 async fn verify_rejects_ca_as_server_certificate() {
     let pki = Pki::new();

@@ -192,7 +192,7 @@ pub enum Point {
     /// The DATA command.
     Data,
     /// One line of message content after 354, before the final `.`. The
-    /// server normally says nothing here, so any rule for it makes the
+    /// server normally sends no reply here, so any rule for it makes the
     /// server act in the middle of the content: a reply is sent at once
     /// and the content is still read, except after 421 or
     /// [`Action::Close`]. Use [`Trigger::containing`] to pick the line.

@@ -166,10 +166,10 @@ pub fn build(
         "Content-Description: Undelivered Message Headers",
     );
     // Copied as they are, 8-bit octets or a line over 998 octets would
-    // make the bounce as undeliverable as the message it reports, and
-    // its failure would reach nobody, since bounces go from the null
-    // sender. Quoted-printable keeps the copy 7-bit with short lines
-    // (RFC 2045 section 6.7).
+    // make the bounce as undeliverable as the message it reports. Bounces
+    // go from the null sender, so that failure would be reported to no
+    // one. Quoted-printable keeps the copy 7-bit with short lines (RFC 2045
+    // section 6.7).
     let headers = header_section_crlf(original.content);
     let needs_encoding = headers.iter().any(|&octet| octet >= 0x80)
         || headers
